@@ -1,0 +1,3 @@
+"""empsync's sync core: Firestore → MySQL, with no knowledge of any screen."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,301 @@
+"""The ``empsync`` command line (DESIGN §2, fixed).
+
+Every expected failure ends as one or two lines on stderr and an exit code:
+0 ok (or not due), 1 the sync failed, 2 usage or configuration, 3 locked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .config import Config, check_interval, load
+from .errors import ConfigError, EmpsyncError
+
+log = logging.getLogger("empsync")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with one line, like every other usage error
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before and after the command; SUPPRESS keeps a
+    # subcommand's default from erasing a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="sync.toml to use (default: $EMPSYNC_CONFIG or ./sync.toml)")
+    common.add_argument("--target-url", metavar="URL", default=argparse.SUPPRESS, help="override [target] url")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress to stderr")
+
+    parser = Parser(prog="empsync", description="Keep a MySQL table in step with a Firestore collection.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"empsync {__version__}")
+    parser.add_argument("--no-ui", action="store_true", help="run the sync service headless (logs to stderr)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format for --no-ui")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+
+    p = sub.add_parser("sync", parents=[common], help="one sync run, then exit (cron-able)")
+    p.add_argument("--force", action="store_true", help="full read and compare, finds deletions")
+    p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    for name, text in (("status", "state from the database"), ("stats", "totals and rates"), ("rejects", "documents that failed validation")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("changes", parents=[common], help="the most recent field-level changes")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("interval", parents=[common], help="persist a new sync interval (10 to 86,400 s)")
+    p.add_argument("seconds", nargs="?", metavar="SECONDS")
+    p.add_argument("--reset", action="store_true", help="forget the stored interval; sync.toml's applies again")
+
+    sub.add_parser("pause", parents=[common], help="pause scheduled runs (stored in the database)")
+    sub.add_parser("resume", parents=[common], help="resume scheduled runs")
+
+    p = sub.add_parser("verify", parents=[common], help="compare Firestore with the table without writing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--yes", action="store_true", help="run even when it costs more reads than [sync] verify_max_reads")
+
+    p = sub.add_parser("demo", parents=[common], help="a local emulator, sample employees and a simulated app, in the console")
+    p.add_argument("--seed-only", action="store_true", help="fill an emulator with sample employees and exit")
+    p.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS, help="run the demo headless")
+    p.add_argument("--employees", type=int, default=300, metavar="N", help="how many sample employees (default 300)")
+    p.add_argument("--emulator-host", metavar="HOST:PORT", help="use a running emulator instead of starting one")
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    from .logs import secrets_of
+
+    overrides = {"target.url": getattr(args, "target_url", None)}
+    config = load(getattr(args, "config", None), overrides=overrides)
+    secrets_of(config)
+    return config
+
+
+def setup_logging(verbose: bool, fmt: str = "text") -> None:
+    from .logs import configure
+
+    # Without -v a one-shot command prints its own result and errors; the log stays quiet.
+    configure(level=logging.INFO if verbose else logging.CRITICAL, fmt=fmt)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    from .engine import SyncEngine
+
+    engine = SyncEngine(config)
+    try:
+        result = engine.run(force=args.force, dry_run=args.dry_run, when_due=True, trigger="cli")
+    finally:
+        engine.close()
+    if args.json:
+        emit_json(result.to_json())
+    elif result.exit_code:
+        print_error(result.reason, result.hint)
+    else:
+        from .render import sync_summary
+
+        print(sync_summary(result))
+    return result.exit_code
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from .engine import SyncEngine
+    from .render import status_text
+    from .status import build_status
+
+    engine = SyncEngine(config)
+    try:
+        status = build_status(engine)
+    finally:
+        engine.close()
+    emit_json(status) if args.json else print(status_text(status))
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace, config: Config) -> int:
+    from .engine import SyncEngine
+    from .render import stats_text
+    from .status import build_stats
+
+    engine = SyncEngine(config)
+    try:
+        stats = build_stats(engine)
+    finally:
+        engine.close()
+    emit_json(stats) if args.json else print(stats_text(stats))
+    return EXIT_OK
+
+
+def cmd_changes(args: argparse.Namespace, config: Config) -> int:
+    from .engine import SyncEngine
+    from .render import changes_text, jsonable
+
+    if args.limit < 1:
+        raise ConfigError("--limit", "must be at least 1")
+    engine = SyncEngine(config)
+    try:
+        engine.db.ensure_schema()
+        rows = engine.state.recent_changes(limit=args.limit)
+    finally:
+        engine.close()
+    emit_json([jsonable(r) for r in rows]) if args.json else print(changes_text(rows))
+    return EXIT_OK
+
+
+def cmd_rejects(args: argparse.Namespace, config: Config) -> int:
+    from .engine import SyncEngine
+    from .render import jsonable, rejects_text
+
+    engine = SyncEngine(config)
+    try:
+        engine.db.ensure_schema()
+        rows = engine.state.rejects()
+    finally:
+        engine.close()
+    emit_json([jsonable(r) for r in rows]) if args.json else print(rejects_text(rows))
+    return EXIT_OK
+
+
+def cmd_interval(args: argparse.Namespace, config: Config) -> int:
+    from .engine import SyncEngine
+
+    if args.reset == (args.seconds is not None):
+        raise UsageError("empsync interval: give SECONDS or --reset")
+    seconds = None
+    if not args.reset:
+        try:
+            seconds = int(args.seconds)
+        except ValueError:
+            raise ConfigError("interval", f"{args.seconds!r} is not a whole number of seconds") from None
+        check_interval(seconds)
+    engine = SyncEngine(config)
+    try:
+        engine.db.ensure_schema()
+        if seconds is None:
+            engine.state.forget("interval")
+            setting = engine.state.interval()
+            print(f"interval reset: {setting.seconds} s from {setting.source}")
+        else:
+            engine.state.set_interval(seconds)
+            print(f"interval set to {seconds} s (stored in the database; a running service picks it up)")
+    finally:
+        engine.close()
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace, config: Config, paused: bool = True) -> int:
+    from .engine import SyncEngine
+
+    engine = SyncEngine(config)
+    try:
+        engine.db.ensure_schema()
+        engine.state.set(paused="1" if paused else "0")
+    finally:
+        engine.close()
+    print("scheduled runs paused; `empsync resume` resumes them" if paused else "scheduled runs resumed")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    from .verify import run_verify
+
+    return run_verify(config, as_json=args.json, yes=args.yes)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_service(args: argparse.Namespace, config: Config) -> int:
+    from .headless import run_headless
+
+    return run_headless(config, log_format=args.log_format)
+
+
+def cmd_console(args: argparse.Namespace, config: Config) -> int:
+    from tui.app import run_console
+
+    return run_console(config)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "sync": cmd_sync,
+    "status": cmd_status,
+    "stats": cmd_stats,
+    "changes": cmd_changes,
+    "rejects": cmd_rejects,
+    "interval": cmd_interval,
+    "pause": cmd_pause,
+    "resume": lambda a, c: cmd_pause(a, c, paused=False),
+    "verify": cmd_verify,
+}
+
+
+def print_error(message: str, hint: str = "") -> None:
+    print(f"empsync: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        print("  hint: empsync --help lists the commands", file=sys.stderr)
+        return EXIT_USAGE
+    verbose = getattr(args, "verbose", False)
+    try:
+        if args.command == "demo":
+            setup_logging(verbose)
+            return cmd_demo(args, None)
+        config = load_config(args)
+        if args.command in COMMANDS:
+            setup_logging(verbose)
+            return COMMANDS[args.command](args, config)
+        if args.no_ui:
+            return cmd_service(args, config)
+        return cmd_console(args, config)
+    except UsageError as exc:
+        print_error(str(exc).removeprefix("empsync: "))
+        return EXIT_USAGE
+    except EmpsyncError as exc:
+        print_error(exc.message, exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `empsync changes | head`
+        sys.stderr.close()
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless asked for more
+        if os.environ.get("EMPSYNC_DEBUG"):
+            raise
+        print_error(f"unexpected error: {type(exc).__name__}: {exc}", "set EMPSYNC_DEBUG=1 for the traceback, and please report it")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""sync.toml: loading, environment overrides and validation (DESIGN §3).
+
+Precedence is command line > environment > file > defaults. Every problem is a
+``ConfigError`` that names the offending key, so ``empsync`` can exit 2 with a
+message an operator can act on without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+FIELD_TYPES = ("string", "text", "integer", "float", "boolean", "datetime", "date", "json")
+DELETE_MODES = ("soft", "hard", "keep")
+MODES = ("poll", "listen")
+INTERVAL_MIN, INTERVAL_MAX = 10, 86_400
+
+# Bookkeeping columns of the mirror table besides the id column (DESIGN §4).
+UPDATE_TIME_COLUMN = "firestore_update_time"
+SYNCED_AT_COLUMN = "synced_at"
+DELETED_AT_COLUMN = "deleted_at"
+HASH_COLUMN = "content_hash"
+BOOKKEEPING_COLUMNS = (UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, DELETED_AT_COLUMN, HASH_COLUMN)
+
+SUPPORTED_DIALECTS = ("sqlite", "mysql", "mariadb")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One mapped Firestore field: where it is read from and how it is stored."""
+
+    path: str
+    type: str = "string"
+    column: str = ""
+    required: bool = False
+    max_length: int = 255
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.path.split("."))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    project: str = "demo-hr"
+    database: str = "(default)"
+    collection: str = "employees"
+    credentials: str = ""
+    emulator_host: str = ""
+    updated_field: str = ""
+    page_size: int = 2000
+    # Seconds a Firestore call may keep retrying before the run fails.
+    timeout: int = 60
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    url: str = "sqlite:///employee_sync.db"
+    table: str = "employees"
+    id_column: str = "firestore_id"
+    delete_mode: str = "soft"
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    enabled: bool = True
+    interval: int = 300
+    force_interval: int = 3600
+    cache_timeout: int = 300
+    mode: str = "poll"
+    # Days of field-level history kept in empsync_changes; 0 keeps everything.
+    audit_retention_days: int = 90
+    # A verify that would cost more Firestore reads than this needs --yes.
+    verify_max_reads: int = 50_000
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig = SourceConfig()
+    target: TargetConfig = TargetConfig()
+    sync: SyncConfig = SyncConfig()
+    api: ApiConfig = ApiConfig()
+    fields: tuple[FieldSpec, ...] = ()
+    path: str = ""
+    # Where [sync] interval came from: "default", "file", "environment" or "command line".
+    interval_source: str = "default"
+
+    def field_by_column(self, column: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.column == column), None)
+
+    @property
+    def name_column(self) -> str | None:
+        """The column that holds the employee's name, for display."""
+        for candidate in ("name", "full_name", "display_name"):
+            if self.field_by_column(candidate):
+                return candidate
+        return None
+
+
+SECTIONS: dict[str, type] = {
+    "source": SourceConfig,
+    "target": TargetConfig,
+    "sync": SyncConfig,
+    "api": ApiConfig,
+}
+FIELD_KEYS = {"type", "required", "max_length", "column"}
+
+# Environment variables and the key each overrides (the first three are the seed's).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "FIRESTORE_REALTIME_ENABLED": ("sync", "enabled"),
+    "EMPLOYEE_SYNC_INTERVAL": ("sync", "interval"),
+    "FIRESTORE_CACHE_TIMEOUT": ("sync", "cache_timeout"),
+    "EMPSYNC_TARGET_URL": ("target", "url"),
+    "EMPSYNC_API_TOKEN": ("api", "token"),
+    "FIRESTORE_EMULATOR_HOST": ("source", "emulator_host"),
+}
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def config_path(cli_path: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(cli_path or env.get("EMPSYNC_CONFIG") or "sync.toml")
+
+
+def load(
+    cli_path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read, merge and validate the configuration.
+
+    ``overrides`` holds command-line values as ``{"target.url": ...}``.
+    """
+    env = os.environ if env is None else env
+    path = config_path(cli_path, env)
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML ({exc})") from None
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot be read ({exc.strerror})") from None
+    elif cli_path or env.get("EMPSYNC_CONFIG"):
+        raise ConfigError(str(path), "file not found", "pass --config PATH to an existing sync.toml")
+    else:
+        raw = {}
+    return from_dict(raw, env=env, overrides=overrides, path=str(path))
+
+
+def from_dict(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    path: str = "",
+) -> Config:
+    env = {} if env is None else env
+    unknown = set(raw) - set(SECTIONS) - {"fields"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(key, "unknown section", f"known sections: {', '.join([*SECTIONS, 'fields'])}")
+
+    sections: dict[str, Any] = {}
+    interval_source = "default"
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(name, "must be a table, like [" + name + "]")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            values[key] = _check_type(cls, f"{name}.{key}", key, value)
+        if name == "sync" and "interval" in values:
+            interval_source = "file"
+        for var, (section, key) in ENV_OVERRIDES.items():
+            if section == name and env.get(var, "") != "":
+                values[key] = _from_env(cls, var, key, env[var])
+                if key == "interval":
+                    interval_source = "environment"
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            if section == name and value is not None:
+                values[key] = _check_type(cls, dotted, key, value)
+                if key == "interval":
+                    interval_source = "command line"
+        sections[name] = cls(**values)
+
+    specs = _load_fields(raw.get("fields", {}))
+    config = Config(**sections, fields=specs, path=path, interval_source=interval_source)
+    validate(config)
+    return config
+
+
+def _check_type(cls: type, dotted: str, key: str, value: Any) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    if key not in known:
+        raise ConfigError(dotted, "unknown key", f"known keys: {', '.join(known)}")
+    expected = type(known[key].default)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(dotted, f"must be {_type_word(expected)}, not {_type_word(type(value))}")
+    return value
+
+
+def _from_env(cls: type, var: str, key: str, text: str) -> Any:
+    expected = type({f.name: f for f in fields(cls)}[key].default)
+    if expected is bool:
+        word = text.strip().lower()
+        if word in TRUE_WORDS | FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ConfigError(var, f"must be true or false, not {text!r}")
+    if expected is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(var, f"must be a whole number, not {text!r}") from None
+    return text
+
+
+def _type_word(t: type) -> str:
+    return {bool: "true or false", int: "a whole number", str: "a string", float: "a number"}.get(
+        t, "a table" if t is dict else "a list" if t is list else t.__name__
+    )
+
+
+def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError("fields", "must be tables, like [fields.name]")
+    specs = []
+    for path, table in raw.items():
+        key = f'fields."{path}"' if "." in path else f"fields.{path}"
+        if not isinstance(table, dict):
+            raise ConfigError(key, "must be a table with at least type = ...")
+        unknown = set(table) - FIELD_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{key}.{sorted(unknown)[0]}", "unknown key", f"known keys: {', '.join(sorted(FIELD_KEYS))}"
+            )
+        type_name = table.get("type", "string")
+        if type_name not in FIELD_TYPES:
+            raise ConfigError(f"{key}.type", f"unknown type {type_name!r}", f"types: {', '.join(FIELD_TYPES)}")
+        required = table.get("required", False)
+        if not isinstance(required, bool):
+            raise ConfigError(f"{key}.required", "must be true or false")
+        max_length = table.get("max_length", 255)
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= 16_383:
+            raise ConfigError(f"{key}.max_length", "must be a whole number from 1 to 16383")
+        if "max_length" in table and type_name != "string":
+            raise ConfigError(f"{key}.max_length", f"applies to type string only, not {type_name}")
+        if any(part == "" for part in path.split(".")):
+            raise ConfigError(key, "a field path has an empty segment")
+        column = table.get("column", path.replace(".", "_"))
+        if not isinstance(column, str) or not IDENTIFIER.match(column):
+            raise ConfigError(
+                f"{key}.column" if "column" in table else key,
+                f"column name {column!r} is not an identifier (letters, digits, _; at most 64)",
+                'set column = "..." to a plain name' if "column" not in table else "",
+            )
+        specs.append(FieldSpec(path=path, type=type_name, column=column, required=required, max_length=max_length))
+    return tuple(specs)
+
+
+def validate(config: Config) -> None:
+    s, t, y, a = config.source, config.target, config.sync, config.api
+    for key, name in (("target.table", t.table), ("target.id_column", t.id_column)):
+        if not IDENTIFIER.match(name):
+            raise ConfigError(key, f"{name!r} is not an identifier (letters, digits, _; at most 64)")
+    if t.table.lower().startswith("empsync_"):
+        raise ConfigError("target.table", "the empsync_ prefix is reserved for empsync's own tables")
+    if not s.project:
+        raise ConfigError("source.project", "must not be empty")
+    segments = s.collection.split("/")
+    if "" in segments or len(segments) % 2 == 0:
+        raise ConfigError("source.collection", f"{s.collection!r} is not a collection path (like employees)")
+    if s.credentials and not Path(s.credentials).expanduser().is_file():
+        raise ConfigError("source.credentials", f"file not found: {s.credentials}")
+    if s.emulator_host and not re.match(r"^[\w.\-\[\]:]+:\d+$", s.emulator_host):
+        raise ConfigError("source.emulator_host", f"must be host:port, not {s.emulator_host!r}")
+    _bounded("source.page_size", s.page_size, 1, 10_000)
+    _bounded("source.timeout", s.timeout, 1, 3600)
+    _bounded("target.batch_size", t.batch_size, 1, 10_000)
+    if t.delete_mode not in DELETE_MODES:
+        raise ConfigError("target.delete_mode", f"must be one of {', '.join(DELETE_MODES)}, not {t.delete_mode!r}")
+    check_interval(y.interval, "sync.interval")
+    _bounded("sync.force_interval", y.force_interval, INTERVAL_MIN, 7 * 86_400)
+    _bounded("sync.cache_timeout", y.cache_timeout, 0, 86_400)
+    _bounded("sync.audit_retention_days", y.audit_retention_days, 0, 36_500)
+    _bounded("sync.verify_max_reads", y.verify_max_reads, 0, 10**9)
+    if y.mode not in MODES:
+        raise ConfigError("sync.mode", f"must be poll or listen, not {y.mode!r}")
+    _bounded("api.port", a.port, 0, 65_535)
+    check_target_url(t.url)
+
+    if not config.fields:
+        raise ConfigError("fields", "no fields are mapped", "add at least one [fields.NAME] table")
+    reserved = {t.id_column.lower(), *BOOKKEEPING_COLUMNS}
+    seen: dict[str, str] = {}
+    for spec in config.fields:
+        col = spec.column.lower()
+        key = f"fields.{spec.path}"
+        if col in reserved:
+            raise ConfigError(key, f"column {spec.column!r} clashes with a bookkeeping column", "set column = ...")
+        if col in seen:
+            raise ConfigError(key, f"column {spec.column!r} is also used by fields.{seen[col]}")
+        seen[col] = spec.path
+    if s.updated_field:
+        mapped = next((f for f in config.fields if f.path == s.updated_field), None)
+        if mapped and mapped.type != "datetime":
+            raise ConfigError(
+                "source.updated_field",
+                f"{s.updated_field!r} is mapped as {mapped.type}; it must be a timestamp (type datetime)",
+            )
+
+
+def check_interval(value: int, key: str = "interval") -> int:
+    _bounded(key, value, INTERVAL_MIN, INTERVAL_MAX)
+    return value
+
+
+def _bounded(key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be from {low:,} to {high:,} (got {value:,})")
+
+
+def check_target_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("target.url", f"not a database URL: {mask_url(url)}") from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_DIALECTS:
+        raise ConfigError("target.url", f"unsupported database {backend!r}", "use mysql+pymysql://… or sqlite:///…")
+    if backend in ("mysql", "mariadb") and parsed.get_driver_name() != "pymysql":
+        raise ConfigError("target.url", f"driver {parsed.get_driver_name()!r} is not installed", "use mysql+pymysql://…")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print and log."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy with some section values replaced, validated again (used by demo and tests)."""
+    changed = {name: replace(getattr(config, name), **values) for name, values in sections.items()}
+    new = replace(config, **changed)
+    validate(new)
+    return new

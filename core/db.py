@@ -1,0 +1,148 @@
+"""The target database: engine set-up, the upsert statement, and errors in plain words.
+
+This is the one place that knows MySQL/MariaDB from SQLite (besides the
+column types in ``schema``): session settings, the upsert clause, and how each
+driver reports an unreachable server or a wrong password.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from sqlalchemy import Table, create_engine, event
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .config import Config, mask_url
+from .errors import TargetError
+from .schema import Tables
+
+# Keep multi-row statements under SQLite's and MySQL's placeholder limits.
+MAX_PARAMS_PER_STATEMENT = 30_000
+
+MYSQL_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2014, 2055}
+MYSQL_SESSION = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'"
+
+
+def is_mysql(engine_or_conn: Engine | Connection) -> bool:
+    return engine_or_conn.dialect.name in ("mysql", "mariadb")
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_session(dbapi_conn, _record) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets `empsync status` read while a sync writes.
+            if parsed.database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+
+    engine = create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "read_timeout": 120, "write_timeout": 120, "charset": "utf8mb4"},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _mysql_session(dbapi_conn, _record) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(MYSQL_SESSION)
+
+    return engine
+
+
+def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Sequence[str]) -> None:
+    """Insert rows, or set ``update`` columns on the ones whose key exists, in multi-row statements.
+
+    Built by hand as one statement per chunk rather than left to the driver's
+    executemany, which PyMySQL does not batch for every upsert form.
+    """
+    if not rows:
+        return
+    per_statement = max(1, MAX_PARAMS_PER_STATEMENT // max(1, len(rows[0])))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        if is_mysql(conn):
+            stmt = mysql.insert(table).values(chunk)
+            stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update}) if update else stmt.prefix_with("IGNORE")
+        else:
+            stmt = sqlite.insert(table).values(chunk)
+            key = [c.name for c in table.primary_key.columns]
+            stmt = (
+                stmt.on_conflict_do_update(index_elements=key, set_={c: stmt.excluded[c] for c in update})
+                if update
+                else stmt.on_conflict_do_nothing(index_elements=key)
+            )
+        conn.execute(stmt)
+
+
+class Database:
+    """An engine plus empsync's tables on it."""
+
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+        self.config = config
+        self.url_masked = mask_url(config.target.url)
+        self.engine = engine or make_engine(config.target.url)
+        self.tables = Tables(config)
+        self._schema_ready = False
+
+    def ensure_schema(self) -> None:
+        if not self._schema_ready:
+            with translate_errors(self.url_masked):
+                self.tables.ensure(self.engine)
+            self._schema_ready = True
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction, with driver errors turned into ``TargetError``."""
+        with translate_errors(self.url_masked), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with translate_errors(self.url_masked), self.engine.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def translate_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        raise describe_db_error(exc, where) from None
+    except SQLAlchemyError as exc:
+        # Never str(exc): SQLAlchemy appends the statement and its parameters.
+        raise TargetError(f"database error on {where}: {type(exc).__name__}") from None
+
+
+def describe_db_error(exc: DBAPIError, where: str) -> TargetError:
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    code = args[0] if args and isinstance(args[0], int) else None
+    text = str(args[1]) if len(args) > 1 else str(orig)
+    if code in MYSQL_UNREACHABLE or exc.connection_invalidated:
+        return TargetError(f"database unreachable: {where} ({text})", "start the server or fix [target] url; the next run retries")
+    if code == 1045:
+        return TargetError(f"database refused the login: {text}", "check the user and password in [target] url or EMPSYNC_TARGET_URL")
+    if code == 1049:
+        return TargetError(f"database does not exist: {text}", "create it (CREATE DATABASE …) or fix [target] url")
+    if code in (1044, 1142, 1227):
+        return TargetError(f"database permission denied: {text}", "grant the user SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER")
+    if "unable to open database file" in text:
+        return TargetError(f"cannot open the SQLite file {where}", "check the folder exists and is writable")
+    if "database is locked" in text:
+        return TargetError(f"SQLite database is locked: {where}", "another process holds a long write; the next run retries")
+    return TargetError(f"database error on {where}: {text[:300]}")

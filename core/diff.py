@@ -1,0 +1,82 @@
+"""What a new version of a document does to its stored row.
+
+Pure: given the stored row (or none) and the freshly mapped one, decide between
+insert, update, restore, unchanged and stale (the ordering guard), and list the
+fields that changed with their old and new values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, Mapping
+
+
+class Op(str, Enum):
+    INSERT = "insert"
+    UPDATE = "update"
+    RESTORE = "restore"
+    DELETE = "delete"
+    UNCHANGED = "unchanged"
+    STALE = "stale"  # older than what is stored: the ordering guard keeps the row
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The parts of a stored row the diff needs."""
+
+    values: Mapping[str, Any]
+    content_hash: str | None
+    update_time: datetime | None
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    column: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class Decision:
+    op: Op
+    changes: tuple[FieldChange, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        return self.op in (Op.INSERT, Op.UPDATE, Op.RESTORE)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(c.column for c in self.changes)
+
+
+def decide(stored: Stored | None, new: Mapping[str, Any], new_hash: str, update_time: datetime | None) -> Decision:
+    if stored is None:
+        return Decision(Op.INSERT, tuple(FieldChange(c, None, v) for c, v in new.items()))
+    if stored.update_time is not None and update_time is not None and update_time < stored.update_time:
+        return Decision(Op.STALE)
+    changes = tuple(
+        FieldChange(column, stored.values.get(column), value)
+        for column, value in new.items()
+        if not same(stored.values.get(column), value)
+    )
+    if stored.deleted:
+        return Decision(Op.RESTORE, changes)
+    if stored.content_hash == new_hash and not changes:
+        return Decision(Op.UNCHANGED)
+    # A differing hash with no differing column (a new hash scheme, or a row
+    # written by hand) still needs its hash rewritten, and only that.
+    return Decision(Op.UPDATE, changes)
+
+
+def same(old: Any, new: Any) -> bool:
+    """Equality as the database sees it: bool and int are different types here."""
+    if type(old) is bool or type(new) is bool:
+        return type(old) is type(new) and old == new
+    return old == new

@@ -1,0 +1,165 @@
+"""The named sync lock: one sync at a time across processes and machines.
+
+MySQL/MariaDB: ``GET_LOCK`` held on a dedicated connection, so it dies with
+the process or the connection (kill -9 included). SQLite: ``flock`` on a file
+beside the database, which the kernel releases the same way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import is_mysql
+
+
+class SyncLock:
+    """Non-blocking; ``acquire`` says whether it got the lock."""
+
+    name: str
+
+    def acquire(self) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def still_held(self) -> bool:
+        """Re-check: a lost connection means a lost lock."""
+        raise NotImplementedError
+
+    def __enter__(self) -> "SyncLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_name(engine: Engine, table: str) -> str:
+    database = engine.url.database or ""
+    name = f"empsync:{database}.{table}"
+    if len(name) > 64:  # MySQL's limit for lock names
+        name = "empsync:" + hashlib.sha1(name.encode()).hexdigest()
+    return name
+
+
+class MySQLLock(SyncLock):
+    def __init__(self, engine: Engine, table: str) -> None:
+        self.engine = engine
+        self.name = lock_name(engine, table)
+        self._conn: Connection | None = None
+
+    def acquire(self) -> bool:
+        if self._conn is not None and self.still_held():
+            return True
+        self._drop()
+        conn = self.engine.connect()
+        try:
+            got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar()
+            conn.commit()
+        except SQLAlchemyError:
+            conn.close()
+            raise
+        if got == 1:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def still_held(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            held = self._conn.execute(text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": self.name}).scalar()
+            self._conn.commit()
+            return held == 1
+        except SQLAlchemyError:
+            self._drop()
+            return False
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+            self._conn.commit()
+        except SQLAlchemyError:
+            pass  # the server drops the lock with the connection anyway
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()  # never hand a lock-holding connection back to the pool
+                self._conn.close()
+            except SQLAlchemyError:
+                pass
+            self._conn = None
+
+
+class FileLock(SyncLock):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def still_held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class ProcessLock(SyncLock):
+    """For in-memory SQLite, which no other process can see anyway."""
+
+    _locks: dict[str, threading.Lock] = {}
+
+    def __init__(self, key: str) -> None:
+        self.name = key
+        self._lock = self._locks.setdefault(key, threading.Lock())
+        self._held = False
+
+    def acquire(self) -> bool:
+        if not self._held:
+            self._held = self._lock.acquire(blocking=False)
+        return self._held
+
+    def still_held(self) -> bool:
+        return self._held
+
+    def release(self) -> None:
+        if self._held:
+            self._lock.release()
+            self._held = False
+
+
+def make_lock(engine: Engine, table: str) -> SyncLock:
+    if is_mysql(engine):
+        return MySQLLock(engine, table)
+    database = make_url(engine.url).database
+    if database in (None, "", ":memory:"):
+        return ProcessLock(f"memory:{table}")
+    return FileLock(Path(f"{database}.{table}.lock"))

@@ -1,0 +1,100 @@
+"""Plain-text renderings for the one-shot commands (the JSON forms need none)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Iterable
+
+from .state import iso
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: iso(v) if isinstance(v, datetime) else v.isoformat() if isinstance(v, date) else v for k, v in row.items()}
+
+
+def sync_summary(result) -> str:
+    c = result.counts
+    if result.status == "skipped":
+        return f"skipped: {result.reason}"
+    head = "dry run" if result.dry_run else ("force sync" if result.forced else "sync")
+    line = (
+        f"{head} {result.status}: {c.fetched} fetched, {c.inserted} inserted, {c.updated} updated, "
+        f"{c.deleted} deleted, {c.unchanged} unchanged, {c.rejected} rejected; "
+        f"{c.firestore_reads} Firestore reads; {result.duration_ms} ms"
+    )
+    if result.dry_run and result.would_change:
+        lines = [line, "would change:"]
+        for item in result.would_change[:200]:
+            detail = ", ".join(item.get("fields", {})) or item.get("reason", "")
+            lines.append(f"  {item['operation']:<8} {item['document_id']}  {detail}")
+        if len(result.would_change) > 200:
+            lines.append(f"  ... and {len(result.would_change) - 200} more (--json lists all)")
+        return "\n".join(lines)
+    return line
+
+
+def _pairs(pairs: Iterable[tuple[str, Any]]) -> str:
+    pairs = list(pairs)
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k:<{width}}  {'-' if v is None else v}" for k, v in pairs)
+
+
+def status_text(s: dict[str, Any]) -> str:
+    state = "disabled" if not s["enabled"] else "paused" if s["paused"] else (s.get("state") or "enabled")
+    src = s["source"]
+    last = s.get("last_run") or {}
+    return _pairs(
+        [
+            ("state", state),
+            ("mode", s["mode"]),
+            ("interval", f"{s['interval']} s (from {s['interval_source']})"),
+            ("force interval", f"{s['force_interval']} s"),
+            ("last sync", s["last_sync_at"]),
+            ("last force sync", s["last_force_sync_at"]),
+            ("next sync", s["next_sync_at"]),
+            ("last status", s["last_status"] + (f": {s['last_error']}" if s.get("last_error") else "") if s["last_status"] else None),
+            ("last run", f"#{last['id']} {last['kind']} {last['status']} ({last['duration_ms']} ms)" if last else None),
+            ("rows", f"{s['rows']} ({s['soft_deleted']} soft-deleted, {s['rejects']} rejected documents)"),
+            ("documents", s["documents"]),
+            ("leader", s["leader"]),
+            ("source", f"{src['project']}/{src['database']}/{src['collection']}" + (f" @ {src['emulator_host']}" if src["emulator_host"] else "")),
+            ("target", f"{s['target']} table {s['table']}"),
+        ]
+    )
+
+
+def stats_text(s: dict[str, Any]) -> str:
+    saved = f" ({s['reads_saved_pct']}% saved against full reads: {s['naive_reads']})" if s["reads_saved_pct"] is not None else ""
+    return _pairs(
+        [
+            ("runs", f"{s['runs']} " + " ".join(f"{k}={v}" for k, v in sorted(s["runs_by_status"].items()))),
+            ("fetched", s["fetched"]),
+            ("inserted", s["inserted"]),
+            ("updated", f"{s['updated']} ({s['restored']} restored)"),
+            ("deleted", s["deleted"]),
+            ("unchanged", s["unchanged"]),
+            ("rejected", f"{s['rejected']} ({s['rejects_open']} open)"),
+            ("firestore reads", f"{s['firestore_reads']}{saved}"),
+            ("rows", s["rows"]),
+            ("last duration", f"{s['last_duration_ms']} ms" if s["last_duration_ms"] is not None else None),
+            ("avg duration", f"{s['avg_duration_ms']} ms" if s["avg_duration_ms"] is not None else None),
+            ("last 24 h", "{runs} runs, {failed} failed, {written} rows written, {firestore_reads} reads".format(**s["last_24h"])),
+        ]
+    )
+
+
+def changes_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no changes recorded yet"
+    lines = []
+    for r in rows:
+        what = f"{r['field']}: {r['old_value']!s} -> {r['new_value']!s}" if r["field"] else ""
+        name = f" ({r['name']})" if r.get("name") else ""
+        lines.append(f"{iso(r['changed_at'])}  {r['operation']:<8} {r['document_id']}{name}  {what}".rstrip())
+    return "\n".join(lines)
+
+
+def rejects_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no rejected documents"
+    return "\n".join(f"{iso(r['rejected_at'])}  {r['document_id']}  {r['reason']}" for r in rows)

@@ -1,0 +1,246 @@
+"""The tables empsync owns (DESIGN §4) and the column types behind them.
+
+Dialect differences live here, in the types, and nowhere else in the engine:
+document ids are VARBINARY on MySQL/MariaDB, because every character
+collation there either folds case or ignores trailing spaces (and a 1,500-byte
+id in utf8mb4 does not fit an index), while SQLite's default BINARY collation
+already compares exactly.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Engine
+from sqlalchemy.types import TypeDecorator
+
+from .config import (
+    DELETED_AT_COLUMN,
+    HASH_COLUMN,
+    SYNCED_AT_COLUMN,
+    UPDATE_TIME_COLUMN,
+    Config,
+    FieldSpec,
+)
+from .errors import SchemaError
+
+MAX_ID_BYTES = 1500
+
+
+class DocumentId(TypeDecorator):
+    """A Firestore document id, compared byte for byte on every database."""
+
+    impl = String(MAX_ID_BYTES)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARBINARY(MAX_ID_BYTES))
+        return dialect.type_descriptor(String(MAX_ID_BYTES))
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and dialect.name in ("mysql", "mariadb"):
+            return value.encode("utf-8", "surrogatepass")
+        return value
+
+    def process_result_value(self, value, dialect):
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value).decode("utf-8", "surrogatepass")
+        return value
+
+
+def Timestamp():  # noqa: N802 - reads like the type it makes
+    """Naive UTC datetimes with microseconds (MySQL's DATETIME drops them by default)."""
+    return DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+def LongText():  # noqa: N802
+    return Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def column_type(spec: FieldSpec):
+    return {
+        "string": lambda: String(spec.max_length),
+        "text": LongText,
+        "integer": BigInteger,
+        "float": Double,
+        "boolean": Boolean,
+        "datetime": Timestamp,
+        "date": Date,
+        "json": LongText,
+    }[spec.type]()
+
+
+# Which reflected types an existing column may have for each field type.
+COMPATIBLE = {
+    "string": (str,),
+    "text": (str,),
+    "json": (str,),
+    "integer": (int,),
+    "float": (float, int),
+    "boolean": (bool, int),
+    "datetime": ("datetime",),
+    "date": ("date",),
+}
+
+MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+
+BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class Tables:
+    """The mirror table built from the configuration, plus empsync's own tables."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metadata = MetaData()
+        target = config.target
+        self.mirror = Table(
+            target.table,
+            self.metadata,
+            Column(target.id_column, DocumentId(), primary_key=True),
+            *(Column(spec.column, column_type(spec), nullable=True) for spec in config.fields),
+            Column(UPDATE_TIME_COLUMN, Timestamp(), nullable=True),
+            Column(SYNCED_AT_COLUMN, Timestamp(), nullable=False),
+            Column(DELETED_AT_COLUMN, Timestamp(), nullable=True),
+            Column(HASH_COLUMN, String(32), nullable=False),
+            **MYSQL_TABLE_ARGS,
+        )
+        self.runs = Table(
+            "empsync_runs",
+            self.metadata,
+            Column("id", BigId, primary_key=True, autoincrement=True),
+            Column("started_at", Timestamp(), nullable=False),
+            Column("finished_at", Timestamp()),
+            Column("kind", String(16), nullable=False),  # normal | force | listen
+            Column("trigger", String(32), nullable=False),  # cli | schedule | api | console | ...
+            Column("status", String(16), nullable=False),  # running | ok | failed | interrupted
+            Column("fetched", Integer, nullable=False, default=0),
+            Column("inserted", Integer, nullable=False, default=0),
+            Column("updated", Integer, nullable=False, default=0),
+            Column("restored", Integer, nullable=False, default=0),
+            Column("deleted", Integer, nullable=False, default=0),
+            Column("unchanged", Integer, nullable=False, default=0),
+            Column("stale", Integer, nullable=False, default=0),
+            Column("rejected", Integer, nullable=False, default=0),
+            Column("firestore_reads", Integer, nullable=False, default=0),
+            Column("naive_reads", Integer, nullable=False, default=0),
+            Column("duration_ms", Integer),
+            Column("message", Text),
+            Column("host", String(255)),
+            Column("pid", Integer),
+            Index("ix_empsync_runs_started", "started_at"),
+            **MYSQL_TABLE_ARGS,
+        )
+        self.changes = Table(
+            "empsync_changes",
+            self.metadata,
+            Column("id", BigId, primary_key=True, autoincrement=True),
+            Column("run_id", BigInteger, nullable=True),
+            Column("changed_at", Timestamp(), nullable=False),
+            Column("document_id", DocumentId(), nullable=False),
+            Column("operation", String(16), nullable=False),
+            Column("field", String(64)),
+            Column("old_value", LongText()),
+            Column("new_value", LongText()),
+            Index("ix_empsync_changes_document", "document_id"),
+            Index("ix_empsync_changes_changed_at", "changed_at"),
+            **MYSQL_TABLE_ARGS,
+        )
+        self.rejects = Table(
+            "empsync_rejects",
+            self.metadata,
+            Column("document_id", DocumentId(), primary_key=True),
+            Column("run_id", BigInteger),
+            Column("rejected_at", Timestamp(), nullable=False),
+            Column("field", String(1500)),
+            Column("reason", Text, nullable=False),
+            Column("firestore_update_time", Timestamp()),
+            **MYSQL_TABLE_ARGS,
+        )
+        self.state = Table(
+            "empsync_state",
+            self.metadata,
+            Column("key", String(64), primary_key=True),
+            Column("value", Text),
+            Column("updated_at", Timestamp(), nullable=False),
+            **MYSQL_TABLE_ARGS,
+        )
+
+    @property
+    def id(self) -> Column:
+        return self.mirror.c[self.config.target.id_column]
+
+    @property
+    def mapped_columns(self) -> list[str]:
+        return [spec.column for spec in self.config.fields]
+
+    def ensure(self, engine: Engine) -> None:
+        """Create what is missing; add new mapped columns; refuse incompatible ones."""
+        self.metadata.create_all(engine, checkfirst=True)
+        existing = {c["name"].lower(): c for c in inspect(engine).get_columns(self.mirror.name)}
+        id_column = existing.get(self.config.target.id_column.lower())
+        if id_column is None:
+            raise SchemaError(
+                f"table {self.mirror.name} exists without the id column {self.config.target.id_column}",
+                "point [target] table at a new table, or set [target] id_column to its key column",
+            )
+        missing = []
+        for spec in self.config.fields:
+            found = existing.get(spec.column.lower())
+            if found is None:
+                missing.append(self.mirror.c[spec.column])
+            else:
+                _check_compatible(self.mirror.name, spec, found["type"])
+        for name in (UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, DELETED_AT_COLUMN, HASH_COLUMN):
+            if name not in existing:
+                raise SchemaError(
+                    f"table {self.mirror.name} lacks the bookkeeping column {name}: it was not made by empsync",
+                    "point [target] table at a new table name",
+                )
+        if missing:
+            preparer = engine.dialect.identifier_preparer
+            with engine.begin() as conn:
+                for column in missing:
+                    ddl = column.type.compile(dialect=engine.dialect)
+                    conn.execute(
+                        text(
+                            f"ALTER TABLE {preparer.format_table(self.mirror)} "
+                            f"ADD COLUMN {preparer.format_column(column)} {ddl} NULL"
+                        )
+                    )
+
+
+def _check_compatible(table: str, spec: FieldSpec, reflected) -> None:
+    try:
+        python_type = reflected.python_type
+    except NotImplementedError:
+        python_type = object
+    kinds = COMPATIBLE[spec.type]
+    name = python_type.__name__ if isinstance(python_type, type) else str(python_type)
+    if python_type not in kinds and name not in kinds:
+        raise SchemaError(
+            f"column {table}.{spec.column} is {reflected} but fields.{spec.path} is type {spec.type}",
+            "change the field's type back, or migrate the column by hand (ALTER TABLE)",
+        )
+    length = getattr(reflected, "length", None)
+    if spec.type == "string" and length is not None and length < spec.max_length:
+        raise SchemaError(
+            f"column {table}.{spec.column} holds {length} characters but fields.{spec.path} allows {spec.max_length}",
+            f"widen it (ALTER TABLE {table} MODIFY {spec.column} VARCHAR({spec.max_length})) or lower max_length",
+        )

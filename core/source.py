@@ -1,0 +1,290 @@
+"""Reading the Firestore collection: pages, the watermark query, counts, and the read meter.
+
+Only mapped fields are fetched (a field mask), so fields such as a password
+hash never leave Firestore. Pages are cursor-based (``start_after``), never
+``offset``: skipped documents are billed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator, Sequence
+
+from .config import Config
+from .errors import SourceError
+
+log = logging.getLogger(__name__)
+
+# Only the constructor reads FIRESTORE_EMULATOR_HOST; guard the swap.
+_ENV_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SourceDoc:
+    id: str
+    data: dict[str, Any]
+    update_time: datetime | None
+    read_time: datetime | None = None
+    exists: bool = True
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Resume point of incremental reads: after (updated value, document id).
+
+    ``doc_id`` None means "everything at or after ``ts``".
+    """
+
+    ts: datetime
+    doc_id: str | None = None
+
+    def dumps(self) -> str:
+        return json.dumps({"ts": _rfc3339(self.ts), "id": self.doc_id})
+
+    @classmethod
+    def loads(cls, text: str | None) -> "Watermark | None":
+        if not text:
+            return None
+        raw = json.loads(text)
+        from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+
+        return cls(DatetimeWithNanoseconds.from_rfc3339(raw["ts"]), raw.get("id"))
+
+
+def _rfc3339(moment: datetime) -> str:
+    if hasattr(moment, "rfc3339"):
+        return moment.rfc3339()
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ReadMeter:
+    """Billable Firestore reads: one per document returned, one per empty query, count() per 1,000 entries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reads = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.reads += n
+
+    def documents(self, returned: int) -> None:
+        self.add(returned if returned else 1)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    from google.api_core import exceptions as gexc
+
+    return (
+        gexc.ServiceUnavailable,
+        gexc.DeadlineExceeded,
+        gexc.InternalServerError,
+        gexc.Aborted,
+        gexc.ResourceExhausted,
+        gexc.Unknown,
+    )
+
+
+@contextmanager
+def _emulator_env(host: str) -> Iterator[None]:
+    if not host:
+        yield
+        return
+    with _ENV_LOCK:
+        before = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        os.environ["FIRESTORE_EMULATOR_HOST"] = host
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+            else:
+                os.environ["FIRESTORE_EMULATOR_HOST"] = before
+
+
+def make_client(config: Config):
+    """A Firestore client for [source]; the emulator when emulator_host is set."""
+    from google.auth import exceptions as auth_exc
+    from google.cloud import firestore
+
+    s = config.source
+    credentials = None
+    try:
+        if s.credentials and not s.emulator_host:
+            from google.oauth2 import service_account
+
+            credentials = service_account.Credentials.from_service_account_file(os.path.expanduser(s.credentials))
+        with _emulator_env(s.emulator_host):
+            return firestore.Client(project=s.project, database=s.database, credentials=credentials)
+    except auth_exc.DefaultCredentialsError:
+        raise SourceError(
+            "no Google credentials found for Firestore",
+            "set [source] credentials to a service-account JSON file, GOOGLE_APPLICATION_CREDENTIALS, "
+            "or [source] emulator_host for the emulator",
+        ) from None
+    except (ValueError, OSError) as exc:
+        raise SourceError(f"cannot use [source] credentials: {exc}") from None
+
+
+class FirestoreSource:
+    def __init__(self, config: Config, client=None, meter: ReadMeter | None = None) -> None:
+        from google.api_core.retry import Retry
+        from google.cloud.firestore_v1.field_path import FieldPath
+
+        self.config = config
+        self.client = client or make_client(config)
+        self.meter = meter or ReadMeter()
+        self.where = source_label(config)
+        s = config.source
+        self.collection = self.client.collection(*s.collection.split("/"))
+        paths = [FieldPath(*spec.parts).to_api_repr() for spec in config.fields]
+        self.updated_path = FieldPath(*s.updated_field.split(".")).to_api_repr() if s.updated_field else ""
+        if self.updated_path and self.updated_path not in paths:
+            paths.append(self.updated_path)
+        self.field_paths = paths
+        transient = _transient_errors()
+        self.retry = Retry(
+            predicate=lambda exc: isinstance(exc, transient),
+            initial=0.25,
+            maximum=8.0,
+            multiplier=2.0,
+            timeout=s.timeout,
+        )
+
+    # -- queries ---------------------------------------------------------------
+
+    def base_query(self):
+        return self.collection.select(self.field_paths)
+
+    def all_query(self):
+        return self.base_query().order_by("__name__")
+
+    def changed_query(self, since: Watermark | None):
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # The filter keeps to timestamps: a string or number in the field sorts
+        # apart and would otherwise be read again on every run.
+        floor = since.ts if since is not None else datetime(1970, 1, 1, tzinfo=timezone.utc)
+        query = (
+            self.base_query()
+            .where(filter=FieldFilter(self.updated_path, ">=", floor))
+            .order_by(self.updated_path)
+            .order_by("__name__")
+        )
+        if since is not None and since.doc_id is not None:
+            query = query.start_after([since.ts, since.doc_id])
+        return query
+
+    # -- reading ---------------------------------------------------------------
+
+    def pages(self, query, page_size: int) -> Iterator[list[SourceDoc]]:
+        """The query's documents, a page at a time, each page a cursor query."""
+        cursor = None
+        while True:
+            page_query = query.limit(page_size)
+            if cursor is not None:
+                page_query = page_query.start_after(cursor)
+            with self.translate():
+                snapshots = list(page_query.stream(retry=self.retry, timeout=self.config.source.timeout))
+            self.meter.documents(len(snapshots))
+            if snapshots:
+                yield [to_doc(s) for s in snapshots]
+            if len(snapshots) < page_size:
+                return
+            cursor = snapshots[-1]
+
+    def all_pages(self) -> Iterator[list[SourceDoc]]:
+        return self.pages(self.all_query(), self.config.source.page_size)
+
+    def changed_pages(self, since: Watermark | None) -> Iterator[list[SourceDoc]]:
+        return self.pages(self.changed_query(since), self.config.source.page_size)
+
+    def count(self, timeout: float | None = None) -> int:
+        timeout = timeout or self.config.source.timeout
+        with self.translate():
+            result = self.collection.count().get(retry=self.retry.with_timeout(timeout), timeout=timeout)
+        n = int(result[0][0].value)
+        self.meter.add(max(1, math.ceil(n / 1000)))
+        return n
+
+    def get(self, doc_ids: Sequence[str]) -> list[SourceDoc]:
+        """Current versions of some documents (missing ones with exists=False)."""
+        refs = [self.collection.document(i) for i in doc_ids]
+        with self.translate():
+            snaps = list(self.client.get_all(refs, field_paths=self.field_paths, retry=self.retry))
+        self.meter.add(len(snaps))
+        return [to_doc(s) for s in snaps]
+
+    def updated_value(self, doc: SourceDoc) -> datetime | None:
+        """The document's updated_field value if it is a timestamp."""
+        if not self.updated_path:
+            return None
+        from .mapping import MISSING, lookup
+
+        value = lookup(doc.data, tuple(self.config.source.updated_field.split(".")))
+        return value if value is not MISSING and isinstance(value, datetime) else None
+
+    @contextmanager
+    def translate(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - every client error becomes one clear line
+            error = describe_source_error(exc, self.where)
+            if error is None:
+                raise
+            raise error from None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing a dead channel may raise; nothing to do
+            pass
+
+
+def source_label(config: Config) -> str:
+    s = config.source
+    place = f"emulator {s.emulator_host}" if s.emulator_host else "Firestore"
+    return f"{place} (project {s.project}, collection {s.collection})"
+
+
+def to_doc(snapshot) -> SourceDoc:
+    return SourceDoc(
+        id=snapshot.id,
+        data=(snapshot.to_dict() or {}) if snapshot.exists else {},
+        update_time=snapshot.update_time,
+        read_time=getattr(snapshot, "read_time", None),
+        exists=snapshot.exists,
+    )
+
+
+def describe_source_error(exc: BaseException, where: str) -> SourceError | None:
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    detail = getattr(exc, "message", None) or str(exc)
+    detail = detail.splitlines()[0][:200] if detail else type(exc).__name__
+    if isinstance(exc, gexc.RetryError):
+        cause = exc.cause
+        detail = (getattr(cause, "message", None) or str(cause) or "timed out").splitlines()[0][:200]
+        return SourceError(f"{where} unreachable: {detail}", "check the server or emulator is up; the next run retries")
+    if isinstance(exc, (gexc.ServiceUnavailable, gexc.DeadlineExceeded)):
+        return SourceError(f"{where} unreachable: {detail}", "check the server or emulator is up; the next run retries")
+    if isinstance(exc, gexc.ResourceExhausted):
+        return SourceError(f"{where} quota exhausted: {detail}", "empsync backs off; raise the quota or the interval")
+    if isinstance(exc, gexc.PermissionDenied):
+        return SourceError(f"{where}: permission denied: {detail}", "grant the service account roles/datastore.viewer")
+    if isinstance(exc, (gexc.Unauthenticated, auth_exc.GoogleAuthError)):
+        return SourceError(f"{where}: credentials rejected: {detail}", "check [source] credentials")
+    if isinstance(exc, gexc.NotFound):
+        return SourceError(f"{where}: not found: {detail}", "check [source] project and database")
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return SourceError(f"{where}: {type(exc).__name__}: {detail}")
+    return None
+

@@ -1,0 +1,230 @@
+"""empsync's own state in the target database: runs, key/value state, and the read side.
+
+Everything here lives beside the mirror table so that any process (a cron
+job, ``empsync status`` on another shell, a standby service) sees the same
+truth without talking to the process that is syncing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from .config import DELETED_AT_COLUMN, check_interval
+from .db import Database, upsert
+
+# Keys of empsync_state.
+INTERVAL = "interval"
+PAUSED = "paused"
+WATERMARK = "watermark"
+LAST_SYNC_AT = "last_sync_at"
+LAST_FORCE_SYNC_AT = "last_force_sync_at"
+LAST_STATUS = "last_status"
+LAST_ERROR = "last_error"
+LEADER = "leader"
+DOC_COUNT = "doc_count"
+DOC_COUNT_AT = "doc_count_at"
+LAST_VERIFY = "last_verify"
+
+RUN_COUNTERS = (
+    "fetched",
+    "inserted",
+    "updated",
+    "restored",
+    "deleted",
+    "unchanged",
+    "stale",
+    "rejected",
+    "firestore_reads",
+    "naive_reads",
+)
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the form every timestamp column stores."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def whoami() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class IntervalSetting:
+    seconds: int
+    source: str  # "database" | "file" | "environment" | "default" | "command line"
+
+
+class State:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.t = db.tables
+
+    # -- key/value -------------------------------------------------------------
+
+    def get_all(self, conn: Connection | None = None) -> dict[str, str | None]:
+        stmt = select(self.t.state.c.key, self.t.state.c.value)
+        if conn is not None:
+            return dict(conn.execute(stmt).all())
+        with self.db.connect() as c:
+            return dict(c.execute(stmt).all())
+
+    def get(self, key: str) -> str | None:
+        return self.get_all().get(key)
+
+    def put(self, conn: Connection, values: Mapping[str, Any]) -> None:
+        now = utcnow()
+        rows = [{"key": k, "value": None if v is None else str(v), "updated_at": now} for k, v in values.items()]
+        upsert(conn, self.t.state, rows, update=["value", "updated_at"])
+
+    def set(self, **values: Any) -> None:
+        with self.db.begin() as conn:
+            self.put(conn, values)
+
+    def forget(self, *keys: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(self.t.state).where(self.t.state.c.key.in_(keys)))
+
+    # -- interval --------------------------------------------------------------
+
+    def interval(self, values: Mapping[str, str | None] | None = None) -> IntervalSetting:
+        values = self.get_all() if values is None else values
+        stored = values.get(INTERVAL)
+        if stored:
+            try:
+                return IntervalSetting(check_interval(int(stored)), "database")
+            except (ValueError, Exception):  # a hand-edited value: fall back to the file
+                pass
+        return IntervalSetting(self.db.config.sync.interval, self.db.config.interval_source)
+
+    def set_interval(self, seconds: int) -> int:
+        check_interval(seconds)
+        self.set(**{INTERVAL: seconds})
+        return seconds
+
+    # -- runs ------------------------------------------------------------------
+
+    def start_run(self, kind: str, trigger: str) -> int:
+        with self.db.begin() as conn:
+            result = conn.execute(
+                self.t.runs.insert().values(
+                    started_at=utcnow(),
+                    kind=kind,
+                    trigger=trigger,
+                    status="running",
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    **{c: 0 for c in RUN_COUNTERS},
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def record_progress(self, conn: Connection, run_id: int, counts: Mapping[str, int]) -> None:
+        values = {k: v for k, v in counts.items() if k in RUN_COUNTERS}
+        conn.execute(update(self.t.runs).where(self.t.runs.c.id == run_id).values(**values))
+
+    def finish_run(self, run_id: int, status: str, counts: Mapping[str, int], duration_ms: int, message: str = "") -> None:
+        values = {k: v for k, v in counts.items() if k in RUN_COUNTERS}
+        with self.db.begin() as conn:
+            conn.execute(
+                update(self.t.runs)
+                .where(self.t.runs.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), duration_ms=duration_ms, message=message[:2000], **values)
+            )
+
+    def close_interrupted_runs(self) -> int:
+        """Runs left 'running' by a process that died; call only while holding the lock."""
+        with self.db.begin() as conn:
+            result = conn.execute(
+                update(self.t.runs)
+                .where(self.t.runs.c.status == "running")
+                .values(status="interrupted", finished_at=utcnow(), message="the process stopped before the run ended")
+            )
+            return result.rowcount or 0
+
+    def prune_changes(self, days: int) -> None:
+        if days > 0:
+            with self.db.begin() as conn:
+                conn.execute(delete(self.t.changes).where(self.t.changes.c.changed_at < utcnow() - timedelta(days=days)))
+
+    # -- read side (status, stats, changes, rejects) ---------------------------
+
+    def row_counts(self, conn: Connection) -> dict[str, int]:
+        m = self.t.mirror
+        deleted = m.c[DELETED_AT_COLUMN]
+        # count(column) skips NULLs: it counts the soft-deleted rows.
+        total, soft_deleted = conn.execute(select(func.count(), func.count(deleted)).select_from(m)).one()
+        rejects = conn.execute(select(func.count()).select_from(self.t.rejects)).scalar_one()
+        return {"rows": int(total) - int(soft_deleted), "soft_deleted": int(soft_deleted), "rejects": int(rejects)}
+
+    def last_run(self, conn: Connection, **where: Any) -> dict[str, Any] | None:
+        runs = self.t.runs
+        stmt = select(runs).order_by(runs.c.id.desc()).limit(1)
+        for key, value in where.items():
+            stmt = stmt.where(runs.c[key] == value)
+        row = conn.execute(stmt).mappings().first()
+        return dict(row) if row else None
+
+    def recent_runs(self, conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
+        runs = self.t.runs
+        rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def totals(self, conn: Connection) -> dict[str, Any]:
+        runs = self.t.runs
+        sums = [func.coalesce(func.sum(runs.c[c]), 0).label(c) for c in RUN_COUNTERS]
+        row = conn.execute(select(func.count().label("runs"), *sums).where(runs.c.status != "running")).mappings().one()
+        by_status = dict(conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all())
+        return {**{k: int(v) for k, v in row.items()}, "by_status": {k: int(v) for k, v in by_status.items()}}
+
+    def recent_changes(self, limit: int = 50, needle: str = "") -> list[dict[str, Any]]:
+        ch, m = self.t.changes, self.t.mirror
+        name_column = self.db.config.name_column
+        columns = [ch.c.id, ch.c.run_id, ch.c.changed_at, ch.c.document_id, ch.c.operation, ch.c.field, ch.c.old_value, ch.c.new_value]
+        stmt = select(*columns)
+        if name_column:
+            stmt = select(*columns, m.c[name_column].label("name")).outerjoin(m, m.c[self.db.config.target.id_column] == ch.c.document_id)
+        if needle:
+            like = f"%{needle}%"
+            clauses = [ch.c.document_id.like(like)]
+            if name_column:
+                clauses.append(m.c[name_column].like(like))
+            stmt = stmt.where(or_(*clauses))
+        stmt = stmt.order_by(ch.c.id.desc()).limit(limit)
+        with self.db.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings().all()]
+
+    def rejects(self, limit: int = 1000) -> list[dict[str, Any]]:
+        r = self.t.rejects
+        with self.db.connect() as conn:
+            rows = conn.execute(select(r).order_by(r.c.rejected_at.desc()).limit(limit)).mappings().all()
+            return [dict(row) for row in rows]
+
+    def reject_ids(self, conn: Connection) -> set[str]:
+        return set(conn.execute(select(self.t.rejects.c.document_id)).scalars())
+
+    def runs_between(self, conn: Connection, since: datetime) -> Iterable[dict[str, Any]]:
+        runs = self.t.runs
+        stmt = select(runs).where(and_(runs.c.started_at >= since, runs.c.status != "running")).order_by(runs.c.id)
+        return [dict(r) for r in conn.execute(stmt).mappings().all()]

@@ -1,0 +1,135 @@
+"""Status and stats as plain dicts, read from the database so any process can answer.
+
+The CLI prints them, the HTTP API serves them, the console renders them; a
+running service adds its live view (state, leader, next tick) on top.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from . import state as keys
+from .engine import SyncEngine
+from .errors import EmpsyncError
+from .state import iso, parse_iso, utcnow
+
+# A status call never waits long on Firestore just to refresh the count.
+COUNT_TIMEOUT_S = 5
+
+
+def _run_json(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    out = dict(run)
+    for k in ("started_at", "finished_at"):
+        out[k] = iso(out[k])
+    out.pop("host", None)
+    return out
+
+
+def document_count(engine: SyncEngine, values: dict[str, str | None]) -> tuple[int | None, str | None]:
+    """The collection size, from a count() aggregation cached for cache_timeout seconds.
+
+    The cache lives in empsync_state, so watching status from many shells costs
+    Firestore one aggregation per cache_timeout, not one per look.
+    """
+    cached, at = values.get(keys.DOC_COUNT), parse_iso(values.get(keys.DOC_COUNT_AT))
+    fresh = at is not None and utcnow() - at < timedelta(seconds=engine.config.sync.cache_timeout)
+    if cached is not None and fresh:
+        return int(cached), iso(at)
+    try:
+        n = engine.source.count(timeout=COUNT_TIMEOUT_S)
+    except EmpsyncError:
+        return (int(cached) if cached is not None else None), iso(at)
+    now = utcnow()
+    try:
+        engine.state.set(**{keys.DOC_COUNT: n, keys.DOC_COUNT_AT: iso(now)})
+    except EmpsyncError:
+        pass
+    return n, iso(now)
+
+
+def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[str, Any]:
+    config = engine.config
+    engine.db.ensure_schema()
+    values = engine.state.get_all()
+    interval = engine.state.interval(values)
+    paused = values.get(keys.PAUSED) == "1"
+    with engine.db.connect() as conn:
+        sizes = engine.state.row_counts(conn)
+        last_run = engine.state.last_run(conn)
+    next_at = engine.next_due(values) if config.sync.enabled and not paused else None
+    if next_at is not None and next_at < utcnow():
+        next_at = utcnow()
+    documents, counted_at = document_count(engine, values) if count_documents else (None, None)
+    s = config.source
+    return {
+        "enabled": config.sync.enabled,
+        "mode": config.sync.mode,
+        "interval": interval.seconds,
+        "interval_source": interval.source,
+        "force_interval": config.sync.force_interval,
+        "paused": paused,
+        "last_sync_at": values.get(keys.LAST_SYNC_AT),
+        "last_force_sync_at": values.get(keys.LAST_FORCE_SYNC_AT),
+        "next_sync_at": iso(next_at) if config.sync.enabled and not paused else None,
+        "last_status": values.get(keys.LAST_STATUS),
+        "last_error": values.get(keys.LAST_ERROR),
+        "rows": sizes["rows"],
+        "soft_deleted": sizes["soft_deleted"],
+        "rejects": sizes["rejects"],
+        "documents": documents,
+        "documents_counted_at": counted_at,
+        "leader": values.get(keys.LEADER),
+        "watermark": values.get(keys.WATERMARK),
+        "source": {
+            "project": s.project,
+            "database": s.database,
+            "collection": s.collection,
+            "emulator_host": s.emulator_host or None,
+            "updated_field": s.updated_field or None,
+        },
+        "target": engine.db.url_masked,
+        "table": config.target.table,
+        "delete_mode": config.target.delete_mode,
+        "last_run": _run_json(last_run),
+        "last_verify": values.get(keys.LAST_VERIFY),
+    }
+
+
+def build_stats(engine: SyncEngine) -> dict[str, Any]:
+    engine.db.ensure_schema()
+    with engine.db.connect() as conn:
+        totals = engine.state.totals(conn)
+        recent = engine.state.recent_runs(conn, limit=50)
+        sizes = engine.state.row_counts(conn)
+        last_24h = engine.state.runs_between(conn, utcnow() - timedelta(hours=24))
+    finished = [r for r in recent if r["duration_ms"] is not None and r["status"] == "ok"]
+    reads, naive = totals["firestore_reads"], totals["naive_reads"]
+    return {
+        "runs": totals["runs"],
+        "runs_by_status": totals["by_status"],
+        "fetched": totals["fetched"],
+        "inserted": totals["inserted"],
+        "updated": totals["updated"],
+        "restored": totals["restored"],
+        "deleted": totals["deleted"],
+        "unchanged": totals["unchanged"],
+        "rejected": totals["rejected"],
+        "firestore_reads": reads,
+        "naive_reads": naive,
+        "reads_saved_pct": round(100 * (1 - reads / naive), 1) if naive else None,
+        "rows": sizes["rows"],
+        "rejects_open": sizes["rejects"],
+        "last_run": _run_json(recent[0]) if recent else None,
+        "last_duration_ms": finished[0]["duration_ms"] if finished else None,
+        "avg_duration_ms": round(sum(r["duration_ms"] for r in finished) / len(finished)) if finished else None,
+        "recent_durations_ms": [r["duration_ms"] for r in reversed(finished)],
+        "last_24h": {
+            "runs": len(last_24h),
+            "failed": sum(r["status"] == "failed" for r in last_24h),
+            "written": sum(r["inserted"] + r["updated"] + r["deleted"] for r in last_24h),
+            "firestore_reads": sum(r["firestore_reads"] for r in last_24h),
+        },
+    }

@@ -1,0 +1,162 @@
+"""Batched reads and writes of the mirror table, its audit rows and its rejects.
+
+Every method takes the open transaction: the engine commits a batch's rows,
+audit rows, rejects and checkpoint together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Sequence
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Connection
+
+from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN
+from .db import Database, upsert
+from .diff import Decision, Op, Stored
+from .mapping import Reject, display
+
+# Keep IN (...) lists well inside every server's limits.
+ID_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One document's outcome in a batch."""
+
+    doc_id: str
+    decision: Decision
+    row: dict[str, Any]
+    content_hash: str
+    update_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    doc_id: str
+    reject: Reject
+    update_time: datetime | None
+
+
+def naive_utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return datetime(*moment.timetuple()[:6], moment.microsecond)
+
+
+class MirrorStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.t = db.tables
+        self.id_column = db.config.target.id_column
+        self.mapped = self.t.mapped_columns
+
+    def load(self, conn: Connection, ids: Sequence[str]) -> dict[str, Stored]:
+        """The stored rows for some ids, in one query per chunk."""
+        m = self.t.mirror
+        key = m.c[self.id_column]
+        found: dict[str, Stored] = {}
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK]
+            for row in conn.execute(select(m).where(key.in_(chunk))).mappings():
+                found[row[self.id_column]] = Stored(
+                    values={c: row[c] for c in self.mapped},
+                    content_hash=row[HASH_COLUMN],
+                    update_time=row[UPDATE_TIME_COLUMN],
+                    deleted=row[DELETED_AT_COLUMN] is not None,
+                )
+        return found
+
+    def write(self, conn: Connection, plans: Iterable[Planned], run_id: int | None, now: datetime) -> list[dict[str, Any]]:
+        """Apply the writing plans; returns the audit rows it stored."""
+        inserts: list[dict[str, Any]] = []
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        audit: list[dict[str, Any]] = []
+        for plan in plans:
+            op = plan.decision.op
+            if not plan.decision.writes:
+                continue
+            bookkeeping = {
+                self.id_column: plan.doc_id,
+                UPDATE_TIME_COLUMN: naive_utc(plan.update_time),
+                SYNCED_AT_COLUMN: now,
+                HASH_COLUMN: plan.content_hash,
+            }
+            if op is Op.INSERT:
+                inserts.append({**plan.row, **bookkeeping, DELETED_AT_COLUMN: None})
+                audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
+                continue
+            columns = plan.decision.columns
+            values = {c: plan.row[c] for c in columns}
+            if op is Op.RESTORE:
+                values[DELETED_AT_COLUMN] = None
+                audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
+            by_columns[tuple(values)].append({**values, **bookkeeping})
+            for change in plan.decision.changes:
+                audit.append(self._audit(run_id, now, plan.doc_id, Op.UPDATE, change.column, change.old, change.new))
+
+        if inserts:
+            upsert(conn, self.t.mirror, inserts, update=[c for c in inserts[0] if c != self.id_column])
+        # Rows that changed the same columns share one multi-row statement that sets only those.
+        for columns, rows in by_columns.items():
+            upsert(conn, self.t.mirror, rows, update=[*columns, UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, HASH_COLUMN])
+        if audit:
+            conn.execute(self.t.changes.insert(), audit)
+        return audit
+
+    @staticmethod
+    def _audit(run_id, now, doc_id, op: Op, field, old, new) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "changed_at": now,
+            "document_id": doc_id,
+            "operation": str(op),
+            "field": field,
+            "old_value": display(old),
+            "new_value": display(new),
+        }
+
+    def record_rejects(self, conn: Connection, rejected: Sequence[Rejected], run_id: int | None, now: datetime) -> None:
+        rows = [
+            {
+                "document_id": r.doc_id,
+                "run_id": run_id,
+                "rejected_at": now,
+                "field": r.reject.field[:1500],
+                "reason": str(r.reject),
+                "firestore_update_time": naive_utc(r.update_time),
+            }
+            for r in rejected
+        ]
+        upsert(conn, self.t.rejects, rows, update=["run_id", "rejected_at", "field", "reason", "firestore_update_time"])
+
+    def clear_rejects(self, conn: Connection, ids: Sequence[str]) -> None:
+        key = self.t.rejects.c.document_id
+        for start in range(0, len(ids), ID_CHUNK):
+            conn.execute(delete(self.t.rejects).where(key.in_(ids[start : start + ID_CHUNK])))
+
+    def live_ids(self, conn: Connection) -> Iterator[str]:
+        """Ids of rows not soft-deleted, streamed so a large table costs no memory here."""
+        m = self.t.mirror
+        stmt = select(m.c[self.id_column]).where(m.c[DELETED_AT_COLUMN].is_(None))
+        yield from conn.execution_options(yield_per=5000).execute(stmt).scalars()
+
+    def remove(self, conn: Connection, ids: Sequence[str], mode: str, run_id: int | None, now: datetime) -> list[dict[str, Any]]:
+        """Rows whose documents are gone: soft-delete or delete them, with audit rows."""
+        m = self.t.mirror
+        key = m.c[self.id_column]
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK]
+            if mode == "hard":
+                conn.execute(delete(m).where(key.in_(chunk)))
+            else:
+                conn.execute(update(m).where(key.in_(chunk)).values({DELETED_AT_COLUMN: now, SYNCED_AT_COLUMN: now}))
+        audit = [self._audit(run_id, now, i, Op.DELETE, None, None, None) for i in ids]
+        if audit:
+            conn.execute(self.t.changes.insert(), audit)
+        return audit
