@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .config import Config, check_interval, load
@@ -35,11 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before and after the command; SUPPRESS keeps a
     # subcommand's default from erasing a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="sync.toml to use (default: $EMPSYNC_CONFIG or ./sync.toml)")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="sync.toml to use (default: $EMPSYNC_CONFIG or ./sync.toml)",
+    )
     common.add_argument("--target-url", metavar="URL", default=argparse.SUPPRESS, help="override [target] url")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress to stderr")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress to stderr"
+    )
 
-    parser = Parser(prog="empsync", description="Keep a MySQL table in step with a Firestore collection.", parents=[common])
+    parser = Parser(
+        prog="empsync", description="Keep a MySQL table in step with a Firestore collection.", parents=[common]
+    )
     parser.add_argument("--version", action="version", version=f"empsync {__version__}")
     parser.add_argument("--no-ui", action="store_true", help="run the sync service headless (logs to stderr)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format for --no-ui")
@@ -50,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    for name, text in (("status", "state from the database"), ("stats", "totals and rates"), ("rejects", "documents that failed validation")):
+    for name, text in (
+        ("status", "state from the database"),
+        ("stats", "totals and rates"),
+        ("rejects", "documents that failed validation"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -69,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--yes", action="store_true", help="run even when it costs more reads than [sync] verify_max_reads")
 
-    p = sub.add_parser("demo", parents=[common], help="a local emulator, sample employees and a simulated app, in the console")
+    p = sub.add_parser(
+        "demo", parents=[common], help="a local emulator, sample employees and a simulated app, in the console"
+    )
     p.add_argument("--seed-only", action="store_true", help="fill an emulator with sample employees and exit")
     p.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS, help="run the demo headless")
     p.add_argument("--employees", type=int, default=300, metavar="N", help="how many sample employees (default 300)")
@@ -293,7 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless asked for more
         if os.environ.get("EMPSYNC_DEBUG"):
             raise
-        print_error(f"unexpected error: {type(exc).__name__}: {exc}", "set EMPSYNC_DEBUG=1 for the traceback, and please report it")
+        print_error(
+            f"unexpected error: {type(exc).__name__}: {exc}",
+            "set EMPSYNC_DEBUG=1 for the traceback, and please report it",
+        )
         return EXIT_FAILED
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -351,7 +352,9 @@ def check_target_url(url: str) -> None:
     if backend not in SUPPORTED_DIALECTS:
         raise ConfigError("target.url", f"unsupported database {backend!r}", "use mysql+pymysql://… or sqlite:///…")
     if backend in ("mysql", "mariadb") and parsed.get_driver_name() != "pymysql":
-        raise ConfigError("target.url", f"driver {parsed.get_driver_name()!r} is not installed", "use mysql+pymysql://…")
+        raise ConfigError(
+            "target.url", f"driver {parsed.get_driver_name()!r} is not installed", "use mysql+pymysql://…"
+        )
 
 
 def mask_url(url: str) -> str:

@@ -7,8 +7,9 @@ driver reports an unreachable server or a wrong password.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.dialects import mysql, sqlite
@@ -74,7 +75,11 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], updat
         chunk = rows[start : start + per_statement]
         if is_mysql(conn):
             stmt = mysql.insert(table).values(chunk)
-            stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update}) if update else stmt.prefix_with("IGNORE")
+            stmt = (
+                stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
+                if update
+                else stmt.prefix_with("IGNORE")
+            )
         else:
             stmt = sqlite.insert(table).values(chunk)
             key = [c.name for c in table.primary_key.columns]
@@ -134,15 +139,23 @@ def describe_db_error(exc: DBAPIError, where: str) -> TargetError:
     code = args[0] if args and isinstance(args[0], int) else None
     text = str(args[1]) if len(args) > 1 else str(orig)
     if code in MYSQL_UNREACHABLE or exc.connection_invalidated:
-        return TargetError(f"database unreachable: {where} ({text})", "start the server or fix [target] url; the next run retries")
+        return TargetError(
+            f"database unreachable: {where} ({text})", "start the server or fix [target] url; the next run retries"
+        )
     if code == 1045:
-        return TargetError(f"database refused the login: {text}", "check the user and password in [target] url or EMPSYNC_TARGET_URL")
+        return TargetError(
+            f"database refused the login: {text}", "check the user and password in [target] url or EMPSYNC_TARGET_URL"
+        )
     if code == 1049:
         return TargetError(f"database does not exist: {text}", "create it (CREATE DATABASE …) or fix [target] url")
     if code in (1044, 1142, 1227):
-        return TargetError(f"database permission denied: {text}", "grant the user SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER")
+        return TargetError(
+            f"database permission denied: {text}", "grant the user SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER"
+        )
     if "unable to open database file" in text:
         return TargetError(f"cannot open the SQLite file {where}", "check the folder exists and is writable")
     if "database is locked" in text:
-        return TargetError(f"SQLite database is locked: {where}", "another process holds a long write; the next run retries")
+        return TargetError(
+            f"SQLite database is locked: {where}", "another process holds a long write; the next run retries"
+        )
     return TargetError(f"database error on {where}: {text[:300]}")

@@ -13,9 +13,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from . import state as keys
 from .config import Config
@@ -106,7 +107,13 @@ class _Run:
 
 
 class SyncEngine:
-    def __init__(self, config: Config, db: Database | None = None, source: FirestoreSource | None = None, bus: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database | None = None,
+        source: FirestoreSource | None = None,
+        bus: EventBus | None = None,
+    ) -> None:
         self.config = config
         self.db = db or Database(config)
         self.state = State(self.db)
@@ -180,11 +187,18 @@ class SyncEngine:
                 own_lock = make_lock(self.db.engine, self.config.target.table)
                 if not own_lock.acquire():
                     leader = self.state.get(keys.LEADER) or "another process"
-                    raise LockHeld(f"skipped: the sync lock is held by {leader}", "a service is running; it syncs on its own")
+                    raise LockHeld(
+                        f"skipped: the sync lock is held by {leader}", "a service is running; it syncs on its own"
+                    )
                 self.state.close_interrupted_runs()
             self._run(result, stop or threading.Event())
         except LockHeld as exc:
-            result.status, result.reason, result.hint, result.exit_code = "skipped", exc.message, exc.hint, exc.exit_code
+            result.status, result.reason, result.hint, result.exit_code = (
+                "skipped",
+                exc.message,
+                exc.hint,
+                exc.exit_code,
+            )
         except EmpsyncError as exc:
             result.status, result.reason, result.hint, result.exit_code = "failed", exc.message, exc.hint, exc.exit_code
         finally:
@@ -224,7 +238,11 @@ class SyncEngine:
                     raise Cancelled("stopped before the run ended", "the next run carries on from the last batch")
                 run.counts.firestore_reads = self.source.meter.reads - reads_before
                 self._apply(batch, run)
-            log.info("Retrieved minimal data for %d employees (%d Firestore reads)", run.counts.fetched, self.source.meter.reads - reads_before)
+            log.info(
+                "Retrieved minimal data for %d employees (%d Firestore reads)",
+                run.counts.fetched,
+                self.source.meter.reads - reads_before,
+            )
             if not incremental:
                 self._reconcile(run, values)
         except EmpsyncError as exc:
@@ -281,7 +299,13 @@ class SyncEngine:
         with opener() as conn:
             stored = self.mirror.load(conn, [doc.id for doc, _, _ in valid])
             plans = [
-                Planned(doc.id, decide(stored.get(doc.id), row, digest, naive_utc(doc.update_time)), row, digest, doc.update_time)
+                Planned(
+                    doc.id,
+                    decide(stored.get(doc.id), row, digest, naive_utc(doc.update_time)),
+                    row,
+                    digest,
+                    doc.update_time,
+                )
                 for doc, row, digest in valid
             ]
             for plan in plans:
@@ -319,11 +343,26 @@ class SyncEngine:
         else:
             counts.unchanged += 1
 
-    def _announce(self, run: _Run, plans: list[Planned], rejected: list[Rejected], audit: list[dict[str, Any]], new_rejects: set[str]) -> None:
+    def _announce(
+        self,
+        run: _Run,
+        plans: list[Planned],
+        rejected: list[Rejected],
+        audit: list[dict[str, Any]],
+        new_rejects: set[str],
+    ) -> None:
         name_column = self.config.name_column
         names = {p.doc_id: p.row.get(name_column) for p in plans} if name_column else {}
         changes = tuple(
-            ChangeRecord(a["changed_at"], a["document_id"], a["operation"], a["field"], a["old_value"], a["new_value"], names.get(a["document_id"]))
+            ChangeRecord(
+                a["changed_at"],
+                a["document_id"],
+                a["operation"],
+                a["field"],
+                a["old_value"],
+                a["new_value"],
+                names.get(a["document_id"]),
+            )
             for a in audit
         )
         written = [p for p in plans if p.decision.op in (Op.UPDATE, Op.RESTORE)]
@@ -334,7 +373,11 @@ class SyncEngine:
         for r in rejected:
             if r.doc_id in new_rejects:
                 log.warning("Employee rejected: %s: %s", r.doc_id, r.reject)
-        self.bus.emit(BatchApplied(utcnow(), run.run_id, run.counts.as_dict(), changes, tuple((r.doc_id, str(r.reject)) for r in rejected)))
+        self.bus.emit(
+            BatchApplied(
+                utcnow(), run.run_id, run.counts.as_dict(), changes, tuple((r.doc_id, str(r.reject)) for r in rejected)
+            )
+        )
 
     # -- after a full read -----------------------------------------------------
 
@@ -365,7 +408,14 @@ class SyncEngine:
                     self.state.record_progress(conn, run.run_id, run.counts.as_dict())
                 for doc_id in chunk[:LOG_CHANGES_PER_BATCH]:
                     log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
-                self.bus.emit(BatchApplied(utcnow(), run.run_id, run.counts.as_dict(), tuple(ChangeRecord(a["changed_at"], a["document_id"], "delete") for a in audit)))
+                self.bus.emit(
+                    BatchApplied(
+                        utcnow(),
+                        run.run_id,
+                        run.counts.as_dict(),
+                        tuple(ChangeRecord(a["changed_at"], a["document_id"], "delete") for a in audit),
+                    )
+                )
         with self.db.begin() as conn:
             if stale_rejects:
                 self.mirror.clear_rejects(conn, stale_rejects)

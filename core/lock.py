@@ -35,7 +35,7 @@ class SyncLock:
         """Re-check: a lost connection means a lost lock."""
         raise NotImplementedError
 
-    def __enter__(self) -> "SyncLock":
+    def __enter__(self) -> SyncLock:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,9 +14,10 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
 
 from .config import FieldSpec
 
@@ -149,7 +150,7 @@ def to_datetime(value: Any) -> datetime:
     else:
         raise Invalid(f"expected a timestamp, got {describe(value)}")
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     # Drop the nanosecond subclass Firestore uses: the database keeps microseconds.
     moment = datetime(*moment.timetuple()[:6], moment.microsecond)
     if moment.year < MIN_YEAR:
@@ -159,7 +160,7 @@ def to_datetime(value: Any) -> datetime:
 
 def to_date(value: Any) -> date:
     if isinstance(value, datetime):
-        day = (value.astimezone(timezone.utc) if value.tzinfo else value).date()
+        day = (value.astimezone(UTC) if value.tzinfo else value).date()
     elif isinstance(value, str) and _DATE_TEXT.match(value.strip()):
         try:
             day = date.fromisoformat(value.strip())
@@ -180,8 +181,8 @@ def json_ready(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, Mapping):
@@ -229,7 +230,9 @@ def map_document(specs: Iterable[FieldSpec], data: Mapping[str, Any]) -> dict[st
         value = lookup(data, spec.parts)
         if value is MISSING or value is None:
             if spec.required:
-                raise RejectError(Reject(spec.path, "required but missing" if value is MISSING else "required but null"))
+                raise RejectError(
+                    Reject(spec.path, "required but missing" if value is MISSING else "required but null")
+                )
             row[spec.column] = None
             continue
         try:

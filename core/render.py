@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
-from typing import Any, Iterable
+from typing import Any
 
 from .state import iso
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: iso(v) if isinstance(v, datetime) else v.isoformat() if isinstance(v, date) else v for k, v in row.items()}
+    return {
+        k: iso(v) if isinstance(v, datetime) else v.isoformat() if isinstance(v, date) else v for k, v in row.items()
+    }
 
 
 def sync_summary(result) -> str:
@@ -52,19 +55,32 @@ def status_text(s: dict[str, Any]) -> str:
             ("last sync", s["last_sync_at"]),
             ("last force sync", s["last_force_sync_at"]),
             ("next sync", s["next_sync_at"]),
-            ("last status", s["last_status"] + (f": {s['last_error']}" if s.get("last_error") else "") if s["last_status"] else None),
+            (
+                "last status",
+                s["last_status"] + (f": {s['last_error']}" if s.get("last_error") else "")
+                if s["last_status"]
+                else None,
+            ),
             ("last run", f"#{last['id']} {last['kind']} {last['status']} ({last['duration_ms']} ms)" if last else None),
             ("rows", f"{s['rows']} ({s['soft_deleted']} soft-deleted, {s['rejects']} rejected documents)"),
             ("documents", s["documents"]),
             ("leader", s["leader"]),
-            ("source", f"{src['project']}/{src['database']}/{src['collection']}" + (f" @ {src['emulator_host']}" if src["emulator_host"] else "")),
+            (
+                "source",
+                f"{src['project']}/{src['database']}/{src['collection']}"
+                + (f" @ {src['emulator_host']}" if src["emulator_host"] else ""),
+            ),
             ("target", f"{s['target']} table {s['table']}"),
         ]
     )
 
 
 def stats_text(s: dict[str, Any]) -> str:
-    saved = f" ({s['reads_saved_pct']}% saved against full reads: {s['naive_reads']})" if s["reads_saved_pct"] is not None else ""
+    saved = (
+        f" ({s['reads_saved_pct']}% saved against full reads: {s['naive_reads']})"
+        if s["reads_saved_pct"] is not None
+        else ""
+    )
     return _pairs(
         [
             ("runs", f"{s['runs']} " + " ".join(f"{k}={v}" for k, v in sorted(s["runs_by_status"].items()))),
@@ -78,7 +94,10 @@ def stats_text(s: dict[str, Any]) -> str:
             ("rows", s["rows"]),
             ("last duration", f"{s['last_duration_ms']} ms" if s["last_duration_ms"] is not None else None),
             ("avg duration", f"{s['avg_duration_ms']} ms" if s["avg_duration_ms"] is not None else None),
-            ("last 24 h", "{runs} runs, {failed} failed, {written} rows written, {firestore_reads} reads".format(**s["last_24h"])),
+            (
+                "last 24 h",
+                "{runs} runs, {failed} failed, {written} rows written, {firestore_reads} reads".format(**s["last_24h"]),
+            ),
         ]
     )
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.types import TypeDecorator
 
 from .config import (
@@ -86,16 +87,16 @@ def column_type(spec: FieldSpec):
     }[spec.type]()
 
 
-# Which reflected types an existing column may have for each field type.
-COMPATIBLE = {
-    "string": (str,),
-    "text": (str,),
-    "json": (str,),
-    "integer": (int,),
-    "float": (float, int),
-    "boolean": (bool, int),
-    "datetime": ("datetime",),
-    "date": ("date",),
+# Which reflected column types each field type can live in.
+COMPATIBLE: dict[str, tuple[type, ...]] = {
+    "string": (sqltypes.String,),
+    "text": (sqltypes.String,),
+    "json": (sqltypes.String,),
+    "integer": (sqltypes.Integer,),
+    "float": (sqltypes.Float, sqltypes.Numeric),
+    "boolean": (sqltypes.Boolean, sqltypes.Integer),  # MySQL reflects BOOLEAN as TINYINT(1)
+    "datetime": (sqltypes.DateTime,),
+    "date": (sqltypes.Date,),
 }
 
 MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
@@ -227,13 +228,7 @@ class Tables:
 
 
 def _check_compatible(table: str, spec: FieldSpec, reflected) -> None:
-    try:
-        python_type = reflected.python_type
-    except NotImplementedError:
-        python_type = object
-    kinds = COMPATIBLE[spec.type]
-    name = python_type.__name__ if isinstance(python_type, type) else str(python_type)
-    if python_type not in kinds and name not in kinds:
+    if not isinstance(reflected, COMPATIBLE[spec.type]):
         raise SchemaError(
             f"column {table}.{spec.column} is {reflected} but fields.{spec.path} is type {spec.type}",
             "change the field's type back, or migrate the column by hand (ALTER TABLE)",

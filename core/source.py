@@ -12,10 +12,11 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from .config import Config
 from .errors import SourceError
@@ -49,7 +50,7 @@ class Watermark:
         return json.dumps({"ts": _rfc3339(self.ts), "id": self.doc_id})
 
     @classmethod
-    def loads(cls, text: str | None) -> "Watermark | None":
+    def loads(cls, text: str | None) -> Watermark | None:
         if not text:
             return None
         raw = json.loads(text)
@@ -61,7 +62,7 @@ class Watermark:
 def _rfc3339(moment: datetime) -> str:
     if hasattr(moment, "rfc3339"):
         return moment.rfc3339()
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ReadMeter:
@@ -171,7 +172,7 @@ class FirestoreSource:
 
         # The filter keeps to timestamps: a string or number in the field sorts
         # apart and would otherwise be read again on every run.
-        floor = since.ts if since is not None else datetime(1970, 1, 1, tzinfo=timezone.utc)
+        floor = since.ts if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
         query = (
             self.base_query()
             .where(filter=FieldFilter(self.updated_path, ">=", floor))
@@ -287,4 +288,3 @@ def describe_source_error(exc: BaseException, where: str) -> SourceError | None:
     if isinstance(exc, gexc.GoogleAPICallError):
         return SourceError(f"{where}: {type(exc).__name__}: {detail}")
     return None
-

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .config import DELETED_AT_COLUMN, check_interval
 from .db import Database, upsert
+from .errors import ConfigError
 
 # Keys of empsync_state.
 INTERVAL = "interval"
@@ -48,22 +50,22 @@ RUN_COUNTERS = (
 
 def utcnow() -> datetime:
     """Naive UTC, the form every timestamp column stores."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
     moment = datetime.fromisoformat(text)
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def whoami() -> str:
@@ -114,7 +116,7 @@ class State:
         if stored:
             try:
                 return IntervalSetting(check_interval(int(stored)), "database")
-            except (ValueError, Exception):  # a hand-edited value: fall back to the file
+            except (ValueError, ConfigError):  # a hand-edited value: fall back to the file
                 pass
         return IntervalSetting(self.db.config.sync.interval, self.db.config.interval_source)
 
@@ -144,7 +146,9 @@ class State:
         values = {k: v for k, v in counts.items() if k in RUN_COUNTERS}
         conn.execute(update(self.t.runs).where(self.t.runs.c.id == run_id).values(**values))
 
-    def finish_run(self, run_id: int, status: str, counts: Mapping[str, int], duration_ms: int, message: str = "") -> None:
+    def finish_run(
+        self, run_id: int, status: str, counts: Mapping[str, int], duration_ms: int, message: str = ""
+    ) -> None:
         values = {k: v for k, v in counts.items() if k in RUN_COUNTERS}
         with self.db.begin() as conn:
             conn.execute(
@@ -166,7 +170,9 @@ class State:
     def prune_changes(self, days: int) -> None:
         if days > 0:
             with self.db.begin() as conn:
-                conn.execute(delete(self.t.changes).where(self.t.changes.c.changed_at < utcnow() - timedelta(days=days)))
+                conn.execute(
+                    delete(self.t.changes).where(self.t.changes.c.changed_at < utcnow() - timedelta(days=days))
+                )
 
     # -- read side (status, stats, changes, rejects) ---------------------------
 
@@ -201,10 +207,21 @@ class State:
     def recent_changes(self, limit: int = 50, needle: str = "") -> list[dict[str, Any]]:
         ch, m = self.t.changes, self.t.mirror
         name_column = self.db.config.name_column
-        columns = [ch.c.id, ch.c.run_id, ch.c.changed_at, ch.c.document_id, ch.c.operation, ch.c.field, ch.c.old_value, ch.c.new_value]
+        columns = [
+            ch.c.id,
+            ch.c.run_id,
+            ch.c.changed_at,
+            ch.c.document_id,
+            ch.c.operation,
+            ch.c.field,
+            ch.c.old_value,
+            ch.c.new_value,
+        ]
         stmt = select(*columns)
         if name_column:
-            stmt = select(*columns, m.c[name_column].label("name")).outerjoin(m, m.c[self.db.config.target.id_column] == ch.c.document_id)
+            stmt = select(*columns, m.c[name_column].label("name")).outerjoin(
+                m, m.c[self.db.config.target.id_column] == ch.c.document_id
+            )
         if needle:
             like = f"%{needle}%"
             clauses = [ch.c.document_id.like(like)]

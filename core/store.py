@@ -7,9 +7,10 @@ audit rows, rejects and checkpoint together or not at all.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
@@ -45,7 +46,7 @@ def naive_utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return datetime(*moment.timetuple()[:6], moment.microsecond)
 
 
@@ -72,7 +73,9 @@ class MirrorStore:
                 )
         return found
 
-    def write(self, conn: Connection, plans: Iterable[Planned], run_id: int | None, now: datetime) -> list[dict[str, Any]]:
+    def write(
+        self, conn: Connection, plans: Iterable[Planned], run_id: int | None, now: datetime
+    ) -> list[dict[str, Any]]:
         """Apply the writing plans; returns the audit rows it stored."""
         inserts: list[dict[str, Any]] = []
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -146,7 +149,9 @@ class MirrorStore:
         stmt = select(m.c[self.id_column]).where(m.c[DELETED_AT_COLUMN].is_(None))
         yield from conn.execution_options(yield_per=5000).execute(stmt).scalars()
 
-    def remove(self, conn: Connection, ids: Sequence[str], mode: str, run_id: int | None, now: datetime) -> list[dict[str, Any]]:
+    def remove(
+        self, conn: Connection, ids: Sequence[str], mode: str, run_id: int | None, now: datetime
+    ) -> list[dict[str, Any]]:
         """Rows whose documents are gone: soft-delete or delete them, with audit rows."""
         m = self.t.mirror
         key = m.c[self.id_column]

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Make sure the servers the integration tests start are installed.
+# Installs MariaDB from Debian's packages when missing and we are root;
+# otherwise says exactly what to install.
+set -euo pipefail
+
+need_mariadb=0
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_mariadb=1
+if [ "$need_mariadb" = 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing mariadb-server (the tests start their own throwaway server)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || true
+    apt-get install -y -qq mariadb-server >/dev/null
+    # Debian starts a system server on install; the tests never use it.
+    (service mariadb stop || systemctl stop mariadb || true) >/dev/null 2>&1
+  else
+    echo "MariaDB is missing: run 'sudo apt-get install mariadb-server'" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v java >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
+  else
+    echo "Java is missing (the Firestore emulator needs it): run 'sudo apt-get install default-jre-headless'" >&2
+    exit 1
+  fi
+fi
+
+emulator=""
+for root in "${CLOUDSDK_ROOT_DIR:-}" "$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)" \
+            /usr/lib/google-cloud-sdk /usr/share/google-cloud-sdk "$HOME/google-cloud-sdk"; do
+  if [ -n "$root" ] && [ -x "$root/platform/cloud-firestore-emulator/cloud_firestore_emulator" ]; then
+    emulator="$root/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+    break
+  fi
+done
+if [ -z "$emulator" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-cache show google-cloud-cli-firestore-emulator >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq google-cloud-cli-firestore-emulator >/dev/null
+  elif command -v gcloud >/dev/null 2>&1; then
+    gcloud components install cloud-firestore-emulator --quiet
+  else
+    echo "The Firestore emulator is missing: install the Google Cloud CLI and run" >&2
+    echo "  gcloud components install cloud-firestore-emulator" >&2
+    exit 1
+  fi
+fi
+echo "servers: mariadbd $(mariadbd --version 2>/dev/null | awk '{print $3}'), firestore emulator ok, $(java -version 2>&1 | head -1)"

@@ -1,0 +1,55 @@
+# empsync — the commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv servers test unit lint format bench faults soak demo clean
+
+help:
+	@echo "make demo    the whole system on a local emulator, in the console"
+	@echo "make test    lint, unit and integration tests (starts its own servers)"
+	@echo "make bench   benchmarks, printed as JSON"
+	@echo "make faults  the fault-injection suite at full size"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The integration tests need MariaDB's server binaries and the Firestore
+# emulator (Java + the Google Cloud CLI component); they start both themselves.
+servers:
+	@.ci/servers.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+test: $(STAMP) servers lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) servers
+	$(BIN)/python -m bench
+
+faults: $(STAMP) servers
+	EMPSYNC_FAULTS_SIZE=full $(BIN)/python -m pytest -q tests/faults
+
+soak: $(STAMP) servers
+	$(BIN)/python -m bench.soak
+
+demo: $(STAMP)
+	$(BIN)/empsync demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,141 @@
+"""Starting and stopping the Firestore emulator of the Google Cloud CLI.
+
+Used by ``empsync demo`` and by the tests. The emulator runs in its own
+process group so that stopping it leaves no Java process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from .errors import EmpsyncError
+
+INSTALL_HINT = (
+    "install Java and the Google Cloud CLI's Firestore emulator: "
+    "`gcloud components install cloud-firestore-emulator`, or on Debian/Ubuntu "
+    "`apt-get install google-cloud-cli-firestore-emulator default-jre-headless`"
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _sdk_roots() -> list[Path]:
+    roots = []
+    if os.environ.get("CLOUDSDK_ROOT_DIR"):
+        roots.append(Path(os.environ["CLOUDSDK_ROOT_DIR"]))
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        # bin/gcloud sits in the SDK root (often behind a symlink).
+        roots.append(Path(os.path.realpath(gcloud)).parent.parent)
+        try:
+            out = subprocess.run(
+                [gcloud, "info", "--format=value(installation.sdk_root)"],
+                capture_output=True, text=True, timeout=30, check=False,
+            ).stdout.strip()  # fmt: skip
+            if out:
+                roots.append(Path(out))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    roots += [Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk"), Path.home() / "google-cloud-sdk"]
+    return roots
+
+
+def emulator_command() -> list[str]:
+    """The command that starts the emulator, or an error that says what to install."""
+    override = os.environ.get("EMPSYNC_EMULATOR_CMD")
+    if override:
+        return override.split()
+    if not shutil.which("java"):
+        raise EmpsyncError("the Firestore emulator needs Java, which is not installed", INSTALL_HINT)
+    for root in _sdk_roots():
+        script = root / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
+        if script.is_file():
+            return [str(script), "start"]
+    raise EmpsyncError("the Firestore emulator is not installed", INSTALL_HINT)
+
+
+class Emulator:
+    """One emulator process on a loopback port."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+        self.bind = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"{self.bind}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Emulator:
+        command = [*emulator_command(), "--host", self.bind, "--port", str(self.port)]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
+        env = {**os.environ, "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", "-Xss4m")}
+        self.process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmpsyncError(
+                    f"the Firestore emulator exited at start (code {self.process.returncode})", INSTALL_HINT
+                )
+            if self.ready():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise EmpsyncError(f"the Firestore emulator did not answer on {self.host} within {timeout:.0f} s")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def clear(self, project: str) -> None:
+        """Delete every document of a project (the emulator's reset endpoint)."""
+        request = urllib.request.Request(
+            f"http://{self.host}/emulator/v1/projects/{project}/databases/(default)/documents", method="DELETE"
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        # The JVM may outlive the wrapper script for a moment; make sure the group is gone.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

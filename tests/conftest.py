@@ -1,0 +1,202 @@
+"""Shared fixtures: one real emulator and one real MariaDB per test session.
+
+Tests isolate themselves inside them: each gets its own Firestore project id
+and its own MariaDB database, so nothing needs cleaning up. With CI=true a
+server that cannot start fails the run; elsewhere its tests are skipped with
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import config as cfg
+from core.errors import EmpsyncError
+from core.source import make_client
+
+from .servers import MariaDB, ServerMissing, start_emulator
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parent.parent
+
+EMPLOYEE_FIELDS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "required": True, "max_length": 200},
+    "email": {"type": "string", "max_length": 254},
+    "phone": {"type": "string", "max_length": 40},
+    "department": {"type": "string", "max_length": 100},
+    "position": {"type": "string", "max_length": 100},
+    "status": {"type": "string", "max_length": 20},
+    "salary": {"type": "integer"},
+    "rating": {"type": "float"},
+    "remote": {"type": "boolean"},
+    "hired_at": {"type": "date"},
+    "bio": {"type": "text"},
+    "address.city": {"type": "string", "column": "city", "max_length": 100},
+    "skills": {"type": "json"},
+    "updated_at": {"type": "datetime"},
+}
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} unavailable: {exc}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: a missing server is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    try:
+        emu = start_emulator(tmp_path_factory.mktemp("emulator"))
+    except (EmpsyncError, OSError) as exc:
+        _unavailable("Firestore emulator", exc)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    try:
+        server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
+    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
+        _unavailable("MariaDB", exc)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def project() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def mysql_url(mariadb, project) -> str:
+    return mariadb.url(mariadb.create_database(project.replace("-", "_")))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mirror.db'}"
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def target_url(request) -> str:
+    """Runs the test once per target: the embedded default and the product's real one."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("mysql_url")
+
+
+@pytest.fixture
+def make_config(emulator, project) -> Callable[..., cfg.Config]:
+    """A Config for this test's project on the shared emulator; keyword sections override."""
+
+    def build(url: str, fields: dict[str, dict[str, Any]] | None = None, **sections: dict[str, Any]) -> cfg.Config:
+        raw: dict[str, Any] = {
+            "source": {
+                "project": project,
+                "emulator_host": emulator.host,
+                "updated_field": "updated_at",
+                "timeout": 20,
+            },
+            "target": {"url": url, "batch_size": 100},
+            "fields": fields or EMPLOYEE_FIELDS,
+        }
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        return cfg.from_dict(raw)
+
+    return build
+
+
+@pytest.fixture
+def firestore_client(emulator, project):
+    """A plain client for the test's own writes to the emulator."""
+    config = cfg.from_dict({"source": {"project": project, "emulator_host": emulator.host}, "fields": {"name": {}}})
+    client = make_client(config)
+    yield client
+    client.close()
+
+
+def write_docs(client, docs: dict[str, dict[str, Any]], collection: str = "employees") -> None:
+    col = client.collection(collection)
+    batch = client.batch()
+    for n, (doc_id, data) in enumerate(docs.items(), 1):
+        batch.set(col.document(doc_id), data)
+        if n % 400 == 0:
+            batch.commit()
+            batch = client.batch()
+    batch.commit()
+
+
+def employee(i: int, **extra: Any) -> dict[str, Any]:
+    from google.cloud import firestore
+
+    data = {
+        "name": f"Employee {i}",
+        "email": f"employee{i}@example.com",
+        "phone": f"+1-555-{i:04d}",
+        "department": ["Engineering", "Sales", "HR", "Finance"][i % 4],
+        "position": "Engineer",
+        "status": "active",
+        "salary": 50_000 + i,
+        "rating": 3.5,
+        "remote": i % 2 == 0,
+        "hired_at": "2020-01-15",
+        "address": {"city": "Lisbon", "street": "Rua 1"},
+        "skills": ["python", "sql"],
+        "password_hash": "never-leaves-firestore",
+        "updated_at": firestore.SERVER_TIMESTAMP,
+    }
+    data.update(extra)
+    return data
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """``empsync ...`` as a real subprocess, the way cron and scripts run it."""
+    full_env = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
+
+
+def write_toml(path: Path, config: cfg.Config) -> Path:
+    """The TOML file for a Config, for subprocess tests."""
+    lines = []
+    for section in ("source", "target", "sync", "api"):
+        lines.append(f"[{section}]")
+        for key, value in vars(getattr(config, section)).items():
+            lines.append(f"{key} = {_toml(value)}")
+    for spec in config.fields:
+        lines.append(f'[fields."{spec.path}"]')
+        lines.append(f'type = "{spec.type}"')
+        lines.append(f'column = "{spec.column}"')
+        lines.append(f"required = {_toml(spec.required)}")
+        if spec.type == "string":
+            lines.append(f"max_length = {spec.max_length}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
