@@ -201,6 +201,9 @@ class SyncEngine:
             )
         except EmpsyncError as exc:
             result.status, result.reason, result.hint, result.exit_code = "failed", exc.message, exc.hint, exc.exit_code
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the run, not the thread hosting it
+            log.exception("unexpected error in the sync run")
+            result.status, result.reason, result.exit_code = "failed", f"internal error: {type(exc).__name__}: {exc}", 1
         finally:
             if own_lock is not None:
                 own_lock.release()
@@ -245,12 +248,13 @@ class SyncEngine:
             )
             if not incremental:
                 self._reconcile(run, values)
-        except EmpsyncError as exc:
+        except Exception as exc:
             run.counts.firestore_reads = self.source.meter.reads - reads_before
             result.counts = run.counts
             if run.run_id is not None:
                 status = "interrupted" if isinstance(exc, Cancelled) else "failed"
-                self._safe_finish(run.run_id, status, run.counts, result, exc.message)
+                message = exc.message if isinstance(exc, EmpsyncError) else f"{type(exc).__name__}: {exc}"
+                self._safe_finish(run.run_id, status, run.counts, result, message)
             raise
         run.counts.firestore_reads = self.source.meter.reads - reads_before
         result.counts = run.counts
@@ -504,8 +508,9 @@ def _prefetch(pages: Iterator[list[SourceDoc]], stop: threading.Event, depth: in
             try:
                 item = handoff.get(timeout=0.5)
             except queue.Empty:
-                if not reader.is_alive() and handoff.empty():
-                    raise Cancelled("the reader stopped before the read ended") from None
+                # A reader stuck in a retrying Firestore call must not hold up a shutdown.
+                if stop.is_set() or (not reader.is_alive() and handoff.empty()):
+                    raise Cancelled("stopped before the run ended", "the next run carries on from the last batch") from None
                 continue
             if item is _DONE:
                 return
