@@ -1,0 +1,62 @@
+"""``empsync --no-ui``: the service with logs on stderr, for systemd and containers.
+
+It never imports Textual. SIGTERM or SIGINT asks the worker to finish or
+abandon its batch; the process exits 0 once the lock is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from .config import Config
+from .events import Event, StatusChanged, SyncFailed
+from .logs import configure
+from .service import SyncService
+
+log = logging.getLogger("empsync")
+
+STOP_TIMEOUT_S = 9.0
+
+
+def log_event(event: Event) -> None:
+    """The events the engine does not already log itself."""
+    if isinstance(event, StatusChanged):
+        log.info("Status: %s%s", event.state, f" ({event.detail})" if event.detail else "")
+    elif isinstance(event, SyncFailed) and event.hint:
+        log.info("Hint: %s", event.hint)
+
+
+def run_headless(config: Config, log_format: str = "text") -> int:
+    configure(level=logging.INFO, fmt=log_format)
+    service = SyncService(config)
+    api = None
+    if config.api.enabled:
+        from .api import ControlApi, check_api_config
+
+        check_api_config(config.api)
+        api = ControlApi(service, config.api)
+    service.subscribe(log_event)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("Received %s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    if api is not None:
+        api.start()
+    while not stopping.wait(1.0):
+        if not service.alive:
+            log.error("the worker thread ended unexpectedly")
+            return 1
+    if api is not None:
+        api.stop()
+    clean = service.stop(STOP_TIMEOUT_S)
+    if not clean:
+        log.warning("the current batch did not finish in time; exiting anyway (it is rolled back)")
+    return 0

@@ -1,0 +1,485 @@
+"""The sync service: one worker thread driven by ``schedule``, hosted by every face.
+
+The worker owns the engine, the leadership lock and a private
+``schedule.Scheduler`` (a normal run every ``interval``, a force run every
+``force_interval``). Faces call the small API below from any thread; each
+call only queues a command and returns at once. Runs happen on the worker
+thread, so two never overlap, and a tick missed while a run was busy runs
+once, not once per missed interval.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import schedule
+
+from . import state as keys
+from .config import Config, check_interval
+from .engine import RunResult, SyncEngine
+from .errors import EmpsyncError
+from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from .lock import SyncLock, make_lock
+from .state import iso, parse_iso, utcnow, whoami
+from .status import build_stats, build_status
+
+log = logging.getLogger("empsync.service")
+
+TICK_S = 0.2  # the worker's idle wait: commands are seen within this
+SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen within this
+STATUS_REFRESH_S = 5.0
+LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
+LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
+BACKOFF_BASE_S = 5.0
+BACKOFF_CAP_S = 300.0
+
+
+def backoff_delay(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
+    """Capped exponential backoff with jitter ("equal jitter": half fixed, half random)."""
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a trigger queued: faces show it, the API returns it."""
+
+    request_id: int
+    kind: str  # normal | force
+    trigger: str
+    queued_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "queued_at": iso(self.queued_at),
+        }
+
+
+class SyncService:
+    def __init__(self, config: Config, *, engine: SyncEngine | None = None, bus: EventBus | None = None) -> None:
+        self.config = config
+        self.bus = bus or EventBus()
+        self.engine = engine or SyncEngine(config, bus=self.bus)
+        self.engine.bus = self.bus
+        self.identity = whoami()
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock: SyncLock | None = None
+        self._scheduler = schedule.Scheduler()
+        self._ids = itertools.count(1)
+        self._snapshot_lock = threading.Lock()
+        self._live: dict[str, Any] = {
+            "state": "starting",
+            "detail": "",
+            "is_leader": False,
+            "service": self.identity,
+            "current_run": None,
+            "last_result": None,
+            "failures": 0,
+            "retry_at": None,
+            "pending": [],
+        }
+        self._db_status: dict[str, Any] = {}
+        self._stats: dict[str, Any] = {}
+        self._interval = config.sync.interval
+        self._interval_source = config.interval_source
+        self._paused = False
+        self._failures = 0
+        self._retry_at: float | None = None
+        self._retry_force = False
+        self._pending: dict[str, Ticket] = {}
+        self.bus.subscribe(self._on_event)
+
+    # -- the face-facing API (any thread, returns at once) ----------------------
+
+    def start(self) -> SyncService:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="empsync-worker", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 9.0) -> bool:
+        """Ask the worker to finish or abandon the current batch and release the lock."""
+        self._stop.set()
+        self._commands.put(("wake", None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def force_sync(self, trigger: str = "api") -> Ticket:
+        return self._queue_run("force", trigger)
+
+    def sync_now(self, trigger: str = "api") -> Ticket:
+        return self._queue_run("normal", trigger)
+
+    def set_interval(self, seconds: int) -> int:
+        """Validate now (a clear refusal outside 10..86,400), store on the worker."""
+        check_interval(seconds)
+        self._commands.put(("interval", seconds))
+        with self._snapshot_lock:
+            self._live["interval"] = seconds
+            self._live["interval_source"] = "database"
+        return seconds
+
+    def pause(self) -> None:
+        self._commands.put(("paused", True))
+
+    def resume(self) -> None:
+        self._commands.put(("paused", False))
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self.bus.subscribe(callback)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status: the database's view, overlaid with this service's live view."""
+        with self._snapshot_lock:
+            return {**self._db_status, **self._live}
+
+    def stats(self) -> dict[str, Any]:
+        with self._snapshot_lock:
+            return dict(self._stats)
+
+    def _queue_run(self, kind: str, trigger: str) -> Ticket:
+        ticket = Ticket(next(self._ids), kind, trigger, utcnow())
+        self._commands.put(("run", ticket))
+        with self._snapshot_lock:
+            self._live["pending"] = [*self._live["pending"], ticket.to_json()]
+        return ticket
+
+    # -- the worker thread -----------------------------------------------------
+
+    def _main(self) -> None:
+        log.info("Starting empsync service %s (mode %s)", self.identity, self.config.sync.mode)
+        next_lead_try = next_settings = next_status = 0.0
+        next_lead_check = time.monotonic() + LEAD_CHECK_S
+        lead_failures = 0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if not self.is_leader and now >= next_lead_try:
+                    try:
+                        self._try_lead()
+                        lead_failures = 0
+                        next_lead_try = now + LEAD_RETRY_S
+                    except EmpsyncError as exc:
+                        lead_failures += 1
+                        next_lead_try = now + backoff_delay(lead_failures, base=2.0, cap=60.0)
+                        self._set_state("error", f"{exc.message} (retrying)")
+                elif self.is_leader and now >= next_lead_check:
+                    next_lead_check = now + LEAD_CHECK_S
+                    self._check_lead()
+                if now >= next_settings:
+                    next_settings = now + SETTINGS_REFRESH_S
+                    self._refresh_settings()
+                if now >= next_status:
+                    next_status = now + STATUS_REFRESH_S
+                    self._refresh_status()
+                if self.is_leader:
+                    self._run_due_work()
+                self._drain_commands(timeout=TICK_S)
+        finally:
+            self._step_down("stopped")
+            self._set_state("stopped", "")
+            self.engine.close()
+            log.info("empsync service stopped")
+
+    @property
+    def is_leader(self) -> bool:
+        return self._lock is not None and self._live["is_leader"]
+
+    def _drain_commands(self, timeout: float = 0.0, runs: bool = True) -> None:
+        """Handle queued commands; with ``runs`` False (inside a run) only the quick ones."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                wait = max(0.0, deadline - time.monotonic())
+                name, arg = self._commands.get(timeout=wait) if wait else self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if name == "run":
+                ticket: Ticket = arg
+                current = self._pending.get(ticket.kind)
+                self._pending[ticket.kind] = current or ticket  # one pending run of each kind
+                if current is not None:
+                    self._drop_pending_ticket(ticket)
+            elif name == "interval":
+                self._store(**{keys.INTERVAL: arg})
+                self._apply_interval(arg, "database")
+                log.info("Interval set to %d s", arg)
+            elif name == "paused":
+                self._store(**{keys.PAUSED: "1" if arg else "0"})
+                self._paused = arg
+                log.info("Scheduled runs %s", "paused" if arg else "resumed")
+                self._set_state(self._idle_state())
+            if runs and self._pending and self.is_leader:
+                self._run_pending_requests()
+            if self._stop.is_set():
+                return
+
+    def _store(self, **values: Any) -> None:
+        try:
+            self.engine.state.set(**values)
+        except EmpsyncError as exc:
+            log.error("could not store %s: %s", ", ".join(values), exc.message)
+
+    # -- leadership ------------------------------------------------------------
+
+    def _try_lead(self) -> None:
+        self.engine.db.ensure_schema()
+        if self._lock is None:
+            self._lock = make_lock(self.engine.db.engine, self.config.target.table)
+        try:
+            got = self._lock.acquire()
+        except Exception as exc:  # noqa: BLE001 - driver errors while the server is away
+            raise EmpsyncError(f"cannot reach the database for the sync lock ({type(exc).__name__})") from None
+        if not got:
+            leader = self.engine.state.get(keys.LEADER) or "another process"
+            with self._snapshot_lock:
+                self._live["is_leader"] = False
+                self._live["leader"] = leader
+            self._set_state("standby", f"{leader} leads")
+            return
+        with self._snapshot_lock:
+            self._live["is_leader"] = True
+            self._live["leader"] = self.identity
+        self.engine.state.set(**{keys.LEADER: self.identity})
+        closed = self.engine.state.close_interrupted_runs()
+        if closed:
+            log.warning("Marked %d run(s) left by a stopped process as interrupted", closed)
+        log.info("Leading: this service syncs (%s)", self._lock.name)
+        self._reschedule()
+        self._set_state(self._idle_state())
+
+    def _check_lead(self) -> None:
+        if self._lock is not None and not self._lock.still_held():
+            log.error("Lost the sync lock (database connection lost): syncing stops until it is regained")
+            with self._snapshot_lock:
+                self._live["is_leader"] = False
+            self._set_state("standby", "lost the lock; trying to regain it")
+
+    def _step_down(self, why: str) -> None:
+        if self._lock is None:
+            return
+        if self._live["is_leader"]:
+            try:
+                if self.engine.state.get(keys.LEADER) == self.identity:
+                    self.engine.state.forget(keys.LEADER)
+            except EmpsyncError:
+                pass
+        try:
+            self._lock.release()
+        except Exception:  # noqa: BLE001 - the server drops the lock with the connection anyway
+            pass
+        with self._snapshot_lock:
+            self._live["is_leader"] = False
+        log.info("Released the sync lock (%s)", why)
+
+    # -- schedule --------------------------------------------------------------
+
+    def _reschedule(self) -> None:
+        """(Re)create the two jobs, aligned with the runs that already happened."""
+        self._scheduler.clear()
+        values = self._state_values()
+        interval, force_interval = self._interval, self.config.sync.force_interval
+        normal = self._scheduler.every(interval).seconds.do(self._tick, force=False)
+        force = self._scheduler.every(force_interval).seconds.do(self._tick, force=True)
+        normal.next_run = _local(_next(values.get(keys.LAST_SYNC_AT), interval))
+        force.next_run = _local(_next(values.get(keys.LAST_FORCE_SYNC_AT), force_interval))
+        self._update_next_times()
+
+    def _apply_interval(self, seconds: int, source: str) -> None:
+        changed = seconds != self._interval
+        self._interval, self._interval_source = seconds, source
+        with self._snapshot_lock:
+            self._live["interval"], self._live["interval_source"] = seconds, source
+        if changed and self.is_leader:
+            self._reschedule()
+
+    def _refresh_settings(self) -> None:
+        """Interval and pause stored by another process (``empsync interval N``)."""
+        values = self._state_values()
+        if values is None:
+            return
+        setting = self.engine.state.interval(values)
+        if (setting.seconds, setting.source) != (self._interval, self._interval_source):
+            if setting.seconds != self._interval:
+                log.info("Interval is now %d s (from %s)", setting.seconds, setting.source)
+            self._apply_interval(setting.seconds, setting.source)
+        paused = values.get(keys.PAUSED) == "1"
+        if paused != self._paused:
+            self._paused = paused
+            log.info("Scheduled runs %s", "paused" if paused else "resumed")
+        if not self.is_leader:
+            leader = values.get(keys.LEADER)
+            with self._snapshot_lock:
+                self._live["leader"] = leader
+        elif self._live["state"] in ("idle", "paused", "disabled"):
+            self._set_state(self._idle_state())
+
+    def _state_values(self) -> dict[str, str | None] | None:
+        try:
+            return self.engine.state.get_all()
+        except EmpsyncError:
+            return None
+
+    def _run_due_work(self) -> None:
+        if self._retry_at is not None and time.monotonic() >= self._retry_at:
+            self._retry_at = None
+            self._run("force" if self._retry_force else "normal", "retry", scheduled=True)
+            return
+        self._scheduler.run_pending()
+        self._update_next_times()
+
+    def _tick(self, force: bool) -> None:
+        if self._retry_at is not None:
+            return  # backing off after a failure: the retry timer owns the next attempt
+        self._run("force" if force else "normal", "schedule", scheduled=True)
+
+    def _run_pending_requests(self) -> None:
+        for kind in ("force", "normal"):
+            ticket = self._pending.pop(kind, None)
+            if ticket is not None:
+                self._drop_pending_ticket(ticket)
+                self._run(kind, ticket.trigger, scheduled=False, ticket=ticket)
+                if kind == "force":
+                    self._pending.pop("normal", None)  # a force run covers a normal one
+                    with self._snapshot_lock:
+                        self._live["pending"] = [p for p in self._live["pending"] if p["kind"] != "normal"]
+
+    def _drop_pending_ticket(self, ticket: Ticket) -> None:
+        with self._snapshot_lock:
+            self._live["pending"] = [p for p in self._live["pending"] if p["request_id"] != ticket.request_id]
+
+    def _run(self, kind: str, trigger: str, *, scheduled: bool, ticket: Ticket | None = None) -> RunResult | None:
+        if scheduled and (reason := self._schedule_block()):
+            log.debug("scheduled %s run skipped: %s", kind, reason)
+            return None
+        force = kind == "force"
+        result = self.engine.run(
+            force=force, when_due=scheduled and not force, trigger=trigger, lock=self._lock, stop=self._stop
+        )
+        with self._snapshot_lock:
+            self._live["current_run"] = None
+            self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
+        if result.status == "failed":
+            self._failures += 1
+            delay = backoff_delay(self._failures)
+            self._retry_at, self._retry_force = time.monotonic() + delay, force
+            with self._snapshot_lock:
+                self._live["failures"] = self._failures
+                self._live["retry_at"] = iso(utcnow() + timedelta(seconds=delay))
+            if not self._stop.is_set():
+                self._set_state("error", f"{result.reason}; retrying in {delay:.0f} s")
+                log.warning("Retrying in %.0f s (attempt %d)", delay, self._failures + 1)
+        elif result.status == "ok":
+            self._failures, self._retry_at = 0, None
+            with self._snapshot_lock:
+                self._live["failures"], self._live["retry_at"] = 0, None
+            self._set_state(self._idle_state())
+        self._reschedule()
+        self._refresh_status()
+        return result
+
+    def _schedule_block(self) -> str | None:
+        if not self.config.sync.enabled:
+            return "disabled"
+        if self._paused:
+            return "paused"
+        return None
+
+    def _idle_state(self) -> str:
+        if not self.is_leader:
+            return "standby"
+        return self._schedule_block() or "idle"
+
+    def _update_next_times(self) -> None:
+        jobs = sorted(self._scheduler.get_jobs(), key=lambda j: j.next_run)
+        blocked = self._schedule_block() is not None
+        by_kind = {("force" if j.job_func.keywords.get("force") else "normal"): j.next_run for j in jobs}
+        next_normal = _utc(by_kind.get("normal"))
+        if self._retry_at is not None:  # backing off: the retry is the next attempt
+            next_normal = utcnow() + timedelta(seconds=max(0.0, self._retry_at - time.monotonic()))
+        with self._snapshot_lock:
+            self._live["next_sync_at"] = None if blocked else iso(next_normal)
+            self._live["next_force_sync_at"] = None if blocked else iso(_utc(by_kind.get("force")))
+
+    # -- status ----------------------------------------------------------------
+
+    def _refresh_status(self) -> None:
+        try:
+            status = build_status(self.engine)
+            stats = build_stats(self.engine)
+        except EmpsyncError as exc:
+            with self._snapshot_lock:
+                self._db_status = {**self._db_status, "last_error": exc.message}
+            return
+        status.pop("next_sync_at", None)  # the scheduler's view is the truthful one here
+        with self._snapshot_lock:
+            self._db_status, self._stats = status, stats
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        with self._snapshot_lock:
+            if (self._live["state"], self._live["detail"]) == (state, detail):
+                return
+            self._live["state"], self._live["detail"] = state, detail
+        self.bus.emit(StatusChanged(utcnow(), state, detail, self.snapshot()))
+
+    def _on_event(self, event: Event) -> None:
+        """The service's own view of a run in progress (called on the worker thread)."""
+        if isinstance(event, SyncStarted):
+            with self._snapshot_lock:
+                self._live["current_run"] = {
+                    "run_id": event.run_id,
+                    "kind": event.kind,
+                    "trigger": event.trigger,
+                    "started_at": iso(event.at),
+                    "counts": {},
+                }
+            self._set_state("syncing", f"{event.kind} run" + (f" #{event.run_id}" if event.run_id else ""))
+        elif isinstance(event, BatchApplied):
+            with self._snapshot_lock:
+                if self._live["current_run"] is not None:
+                    self._live["current_run"] = {**self._live["current_run"], "counts": event.counts}
+            # Quick commands (interval, pause) are handled between batches, even in a long run.
+            self._drain_commands(runs=False)
+        elif isinstance(event, (SyncFinished, SyncFailed)):
+            with self._snapshot_lock:
+                self._live["current_run"] = None
+
+
+def _next(last_iso: str | None, every: int) -> datetime:
+    """When a job is next due, in naive UTC: now when it never ran or is overdue."""
+    now = utcnow()
+    last = parse_iso(last_iso)
+    if last is None:
+        return now
+    return max(now, last + timedelta(seconds=every))
+
+
+def _local(utc_naive: datetime) -> datetime:
+    # schedule keeps next_run in naive local time.
+    return datetime.now() + (utc_naive - utcnow())
+
+
+def _utc(local_naive: datetime | None) -> datetime | None:
+    if local_naive is None:
+        return None
+    return utcnow() + (local_naive - datetime.now())
