@@ -182,6 +182,8 @@ def from_dict(
 
     sections: dict[str, Any] = {}
     interval_source = "default"
+    # Where an overridden value came from, so a range error names what the operator set.
+    origins: dict[str, str] = {}
     for name, cls in SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
@@ -194,19 +196,27 @@ def from_dict(
         for var, (section, key) in ENV_OVERRIDES.items():
             if section == name and env.get(var, "") != "":
                 values[key] = _from_env(cls, var, key, env[var])
+                origins[f"{name}.{key}"] = var
                 if key == "interval":
                     interval_source = "environment"
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
             if section == name and value is not None:
                 values[key] = _check_type(cls, dotted, key, value)
+                origins[dotted] = "the command line"
                 if key == "interval":
                     interval_source = "command line"
         sections[name] = cls(**values)
 
     specs = _load_fields(raw.get("fields", {}))
     config = Config(**sections, fields=specs, path=path, interval_source=interval_source)
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        origin = origins.get(exc.key)
+        if origin is None:
+            raise
+        raise ConfigError(f"{exc.key} (set by {origin})", exc.problem, exc.hint) from None
     return config
 
 
@@ -241,12 +251,20 @@ def _type_word(t: type) -> str:
     )
 
 
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def field_key(path: str) -> str:
+    """A field's key as written in sync.toml: ``fields.name`` or ``fields."address.city"``."""
+    return f"fields.{path}" if _BARE_KEY.match(path) else f'fields."{path}"'
+
+
 def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:
     if not isinstance(raw, dict):
         raise ConfigError("fields", "must be tables, like [fields.name]")
     specs = []
     for path, table in raw.items():
-        key = f'fields."{path}"' if "." in path else f"fields.{path}"
+        key = field_key(path)
         if not isinstance(table, dict):
             raise ConfigError(key, "must be a table with at least type = ...")
         unknown = set(table) - FIELD_KEYS
@@ -315,11 +333,11 @@ def validate(config: Config) -> None:
     seen: dict[str, str] = {}
     for spec in config.fields:
         col = spec.column.lower()
-        key = f"fields.{spec.path}"
+        key = field_key(spec.path)
         if col in reserved:
             raise ConfigError(key, f"column {spec.column!r} clashes with a bookkeeping column", "set column = ...")
         if col in seen:
-            raise ConfigError(key, f"column {spec.column!r} is also used by fields.{seen[col]}")
+            raise ConfigError(key, f"column {spec.column!r} is also used by {field_key(seen[col])}")
         seen[col] = spec.path
     if s.updated_field:
         mapped = next((f for f in config.fields if f.path == s.updated_field), None)
@@ -346,9 +364,15 @@ def check_target_url(url: str) -> None:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError("target.url", f"not a database URL: {mask_url(url)}") from None
     backend = parsed.get_backend_name()
+    if backend != "sqlite" and "@" in (parsed.host or "") + (parsed.database or ""):
+        # An unencoded @ in the password ends it early and leaves the rest in the
+        # host, where error messages and the masked URL would print it.
+        raise ConfigError(
+            "target.url", "the user name or password holds an unencoded @", "percent-encode it: @ becomes %40"
+        )
     if backend not in SUPPORTED_DIALECTS:
         raise ConfigError("target.url", f"unsupported database {backend!r}", "use mysql+pymysql://… or sqlite:///…")
     if backend in ("mysql", "mariadb") and parsed.get_driver_name() != "pymysql":
@@ -364,8 +388,9 @@ def mask_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    except (ArgumentError, ValueError):
+        # Unparsable (say one slash too few): hide everything up to the last @.
+        return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*:/*)?.*@", lambda m: (m.group(1) or "") + "***@", url)
 
 
 def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:

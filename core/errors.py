@@ -30,6 +30,7 @@ class ConfigError(EmpsyncError):
     def __init__(self, key: str, problem: str, hint: str = "") -> None:
         super().__init__(f"config error: {key}: {problem}", hint)
         self.key = key
+        self.problem = problem
 
 
 class SchemaError(EmpsyncError):
