@@ -32,6 +32,11 @@ from .store import MirrorStore, Planned, Rejected, naive_utc
 
 log = logging.getLogger("empsync.sync")
 
+# How far before a read's time a resume point is put when changes were that
+# recent: Firestore's commit order guarantees the rest; the margin covers the
+# emulator's millisecond server timestamps with room to spare.
+WATERMARK_MARGIN = timedelta(milliseconds=100)
+
 # Individual "employee updated" lines per batch before they are summarised.
 LOG_CHANGES_PER_BATCH = 20
 
@@ -103,6 +108,8 @@ class _Run:
     seen: set[str] = field(default_factory=set)
     reject_ids: set[str] = field(default_factory=set)
     first_read_time: datetime | None = None
+    started: datetime | None = None
+    reads_mark: int = 0
     would_change: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -282,11 +289,16 @@ class SyncEngine:
 
     # -- a batch ---------------------------------------------------------------
 
-    def _apply(self, docs: list[SourceDoc], run: _Run) -> None:
+    def _apply(self, docs: list[SourceDoc], run: _Run, watermark: Watermark | None = None) -> None:
+        """One batch in one transaction. Documents with ``exists`` False are gone (listen mode)."""
         fields = self.config.fields
         valid: list[tuple[SourceDoc, dict[str, Any], str]] = []
         rejected: list[Rejected] = []
+        gone: list[str] = []
         for doc in docs:
+            if not doc.exists:
+                gone.append(doc.id)
+                continue
             run.seen.add(doc.id)
             if run.first_read_time is None and doc.read_time is not None:
                 run.first_read_time = doc.read_time
@@ -296,12 +308,12 @@ class SyncEngine:
                 rejected.append(Rejected(doc.id, exc.reject, doc.update_time))
                 continue
             valid.append((doc, row, content_hash(row)))
-        run.counts.fetched += len(docs)
+        run.counts.fetched += len(docs) - len(gone)
         run.counts.rejected += len(rejected)
 
         opener = self.db.connect if run.dry_run else self.db.begin
         with opener() as conn:
-            stored = self.mirror.load(conn, [doc.id for doc, _, _ in valid])
+            stored = self.mirror.load(conn, [doc.id for doc, _, _ in valid] + gone)
             plans = [
                 Planned(
                     doc.id,
@@ -321,18 +333,38 @@ class SyncEngine:
             if rejected:
                 self.mirror.record_rejects(conn, rejected, run.run_id, run.now)
             cleared = [p.doc_id for p in plans if p.doc_id in run.reject_ids]
+            cleared += [i for i in gone if i in run.reject_ids]
             if cleared:
                 self.mirror.clear_rejects(conn, cleared)
                 run.reject_ids.difference_update(cleared)
+            removable = [i for i in gone if i in stored and not stored[i].deleted]
+            if removable and self.config.target.delete_mode != "keep":
+                audit += self.mirror.remove(conn, removable, self.config.target.delete_mode, run.run_id, run.now)
+                run.counts.deleted += len(removable)
             new_rejects = {r.doc_id for r in rejected} - run.reject_ids
             run.reject_ids.update(new_rejects)
-            if run.incremental and docs:
-                last = docs[-1]
-                ts = self.source.updated_value(last)
-                if ts is not None:
-                    self.state.put(conn, {keys.WATERMARK: Watermark(ts, last.id).dumps()})
+            if watermark is None and run.incremental and docs:
+                watermark = self._cursor_after(docs[-1])
+            if watermark is not None:
+                self.state.put(conn, {keys.WATERMARK: watermark.dumps()})
             self.state.record_progress(conn, run.run_id, run.counts.as_dict())
         self._announce(run, plans, rejected, audit, new_rejects)
+
+    def _cursor_after(self, last: SourceDoc) -> Watermark | None:
+        """Where the next incremental read starts, given the last document applied.
+
+        A write that commits after our read can carry an updated_at a hair
+        below the read time (the emulator keeps milliseconds), and could sort
+        before the cursor. When the last document is that close to the read
+        time, resume a margin earlier instead: re-reading a few unchanged
+        documents costs reads, missing one would cost a row.
+        """
+        ts = self.source.updated_value(last)
+        if ts is None:
+            return None
+        if last.read_time is not None and ts > last.read_time - WATERMARK_MARGIN:
+            return Watermark(last.read_time - WATERMARK_MARGIN)
+        return Watermark(ts, last.id)
 
     @staticmethod
     def _count(op: Op, counts: Counts) -> None:
@@ -426,8 +458,48 @@ class SyncEngine:
             if self.source.updated_path and run.first_read_time is not None:
                 # Every change after the read began has a later timestamp: resume there.
                 current = Watermark.loads(values.get(keys.WATERMARK))
-                if current is None or current.ts < run.first_read_time:
-                    self.state.put(conn, {keys.WATERMARK: Watermark(run.first_read_time).dumps()})
+                resume = run.first_read_time - WATERMARK_MARGIN
+                if current is None or current.ts < resume:
+                    self.state.put(conn, {keys.WATERMARK: Watermark(resume).dumps()})
+
+    # -- listen mode: micro-batches through the same path ----------------------
+
+    def open_live(self, trigger: str = "listen") -> _Run:
+        """A listen session: one run row whose counters grow with each micro-batch."""
+        self.db.ensure_schema()
+        run = _Run(
+            run_id=self.state.start_run("listen", trigger),
+            kind="listen",
+            dry_run=False,
+            incremental=False,
+            now=utcnow(),
+        )
+        with self.db.connect() as conn:
+            run.reject_ids = self.state.reject_ids(conn)
+        run.started = run.now
+        run.reads_mark = self.source.meter.reads
+        return run
+
+    def apply_live(self, run: _Run, docs: list[SourceDoc], watermark: Watermark | None) -> None:
+        """Apply a micro-batch; raises ``EmpsyncError`` and commits nothing on failure."""
+        gone = [d.id for d in docs if not d.exists]
+        if gone:
+            # A document that left a filtered listen query may still exist: ask.
+            current = {d.id: d for d in self.source.get(gone)}
+            docs = [current.get(d.id, d) if not d.exists else d for d in docs]
+        # Everything metered since the last batch: the listener's deliveries and the gets above.
+        reads = self.source.meter.reads
+        run.counts.firestore_reads += reads - run.reads_mark
+        run.reads_mark = reads
+        run.now = utcnow()
+        self._apply(docs, run, watermark)
+
+    def close_live(self, run: _Run, status: str = "ok", message: str = "") -> None:
+        try:
+            duration = int((utcnow() - run.started).total_seconds() * 1000)
+            self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration, message)
+        except EmpsyncError:
+            pass  # the next leader marks it interrupted
 
     # -- failure bookkeeping ---------------------------------------------------
 
@@ -510,7 +582,9 @@ def _prefetch(pages: Iterator[list[SourceDoc]], stop: threading.Event, depth: in
             except queue.Empty:
                 # A reader stuck in a retrying Firestore call must not hold up a shutdown.
                 if stop.is_set() or (not reader.is_alive() and handoff.empty()):
-                    raise Cancelled("stopped before the run ended", "the next run carries on from the last batch") from None
+                    raise Cancelled(
+                        "stopped before the run ended", "the next run carries on from the last batch"
+                    ) from None
                 continue
             if item is _DONE:
                 return
