@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +23,12 @@ from typing import Any
 import schedule
 
 from . import state as keys
+from .backoff import backoff_delay
 from .config import Config, check_interval
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
 from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from .live import LiveMirror
 from .lock import SyncLock, make_lock
 from .state import iso, parse_iso, utcnow, whoami
 from .status import build_stats, build_status
@@ -41,12 +42,6 @@ LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
 LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
 BACKOFF_BASE_S = 5.0
 BACKOFF_CAP_S = 300.0
-
-
-def backoff_delay(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
-    """Capped exponential backoff with jitter ("equal jitter": half fixed, half random)."""
-    delay = min(cap, base * 2 ** max(0, failures - 1))
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 @dataclass(frozen=True)
@@ -101,6 +96,7 @@ class SyncService:
         self._retry_at: float | None = None
         self._retry_force = False
         self._pending: dict[str, Ticket] = {}
+        self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
 
     # -- the face-facing API (any thread, returns at once) ----------------------
@@ -150,8 +146,9 @@ class SyncService:
 
     def snapshot(self) -> dict[str, Any]:
         """The status: the database's view, overlaid with this service's live view."""
+        listen = self._live_mirror.status() if self._live_mirror is not None else {}
         with self._snapshot_lock:
-            return {**self._db_status, **self._live}
+            return {**self._db_status, **self._live, **listen}
 
     def stats(self) -> dict[str, Any]:
         with self._snapshot_lock:
@@ -194,12 +191,36 @@ class SyncService:
                     self._refresh_status()
                 if self.is_leader:
                     self._run_due_work()
-                self._drain_commands(timeout=TICK_S)
+                if self.is_leader and self.listening_mode:
+                    # The listener's hand-off is the wait here, so a change is applied
+                    # the moment it arrives; commands are still seen every tick.
+                    self._mirror().tick(wait=TICK_S)
+                    self._drain_commands()
+                else:
+                    self._drain_commands(timeout=TICK_S)
         finally:
             self._step_down("stopped")
             self._set_state("stopped", "")
             self.engine.close()
             log.info("empsync service stopped")
+
+    @property
+    def listening_mode(self) -> bool:
+        return self.config.sync.mode == "listen"
+
+    def _mirror(self) -> LiveMirror:
+        if self._live_mirror is None:
+            self._live_mirror = LiveMirror(self.engine, self._catch_up, self._on_listen_state)
+        return self._live_mirror
+
+    def _catch_up(self) -> None:
+        # Without updated_field only a full read can tell what the listener missed.
+        kind = "normal" if self.config.source.updated_field else "force"
+        self._run(kind, "catch-up", scheduled=False)
+
+    def _on_listen_state(self, state: str, detail: str) -> None:
+        if self._live["state"] not in ("syncing", "stopped"):
+            self._set_state(self._idle_state(), detail)
 
     @property
     def is_leader(self) -> bool:
@@ -273,9 +294,13 @@ class SyncService:
             log.error("Lost the sync lock (database connection lost): syncing stops until it is regained")
             with self._snapshot_lock:
                 self._live["is_leader"] = False
+            if self._live_mirror is not None:
+                self._live_mirror.stop("interrupted", "lost the sync lock")
             self._set_state("standby", "lost the lock; trying to regain it")
 
     def _step_down(self, why: str) -> None:
+        if self._live_mirror is not None:
+            self._live_mirror.stop("ok" if why == "stopped" else "interrupted", why)
         if self._lock is None:
             return
         if self._live["is_leader"]:
@@ -351,6 +376,8 @@ class SyncService:
     def _tick(self, force: bool) -> None:
         if self._retry_at is not None:
             return  # backing off after a failure: the retry timer owns the next attempt
+        if not force and self.listening_mode and self._live_mirror is not None and self._live_mirror.healthy:
+            return  # the listener keeps the table current; polls take over only when it is down
         self._run("force" if force else "normal", "schedule", scheduled=True)
 
     def _run_pending_requests(self) -> None:
@@ -408,6 +435,8 @@ class SyncService:
     def _idle_state(self) -> str:
         if not self.is_leader:
             return "standby"
+        if self.listening_mode and self._live_mirror is not None and self._live_mirror.state != "stopped":
+            return self._live_mirror.state
         return self._schedule_block() or "idle"
 
     def _update_next_times(self) -> None:

@@ -1,0 +1,169 @@
+"""Listen mode's worker side: subscribe, watch the stream, apply micro-batches.
+
+Driven by the service's worker thread, one ``tick`` at a time. Correctness
+never depends on the stream: the watermark moves only when a whole snapshot
+is committed, a re-subscription starts from the committed watermark, an
+overflowing hand-off becomes a catch-up run, and the scheduled force run
+reconciles everything every ``force_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import state as keys
+from .backoff import backoff_delay
+from .engine import WATERMARK_MARGIN, SyncEngine
+from .errors import EmpsyncError
+from .listen import Listener, LiveItem
+from .source import SourceDoc, Watermark
+from .state import utcnow
+from .store import naive_utc
+
+log = logging.getLogger("empsync.listen")
+
+LISTENING, RECONNECTING, FALLBACK, STOPPED = "listening", "reconnecting", "polling-fallback", "stopped"
+# Failed (re)subscriptions before the status admits that polling has taken over.
+ATTEMPTS_BEFORE_FALLBACK = 3
+# Hand-off bound, in batches: past it the listener asks for a catch-up run instead.
+PENDING_BATCHES = 20
+
+
+def backoff(failures: int) -> float:
+    return backoff_delay(failures, base=1.0, cap=30.0)
+
+
+class LiveMirror:
+    def __init__(
+        self,
+        engine: SyncEngine,
+        catch_up: Callable[[], Any],
+        on_state: Callable[[str, str], None],
+    ) -> None:
+        self.engine = engine
+        self.catch_up = catch_up
+        self.on_state = on_state
+        self.batch_size = engine.config.target.batch_size
+        self.listener = Listener(engine.source, max_pending=self.batch_size * PENDING_BATCHES)
+        self.state = STOPPED
+        self.detail = ""
+        self.reconnects = 0
+        self.lag_ms: int | None = None
+        self.last_applied_at: str | None = None
+        self._run = None
+        self._failures = 0
+        self._retry_at = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == LISTENING
+
+    def status(self) -> dict[str, Any]:
+        cost = (
+            "each (re)subscription reads only the documents changed since the watermark; "
+            "deletions of documents unchanged since then are found by the force run"
+            if self.listener.watches_changes_only
+            else "no updated_field: each (re)subscription reads the whole collection"
+        )
+        return {
+            "listen_state": self.state,
+            "listen_detail": self.detail,
+            "lag_ms": self.lag_ms,
+            "listen_backlog": self.listener.backlog,
+            "listen_reconnects": self.reconnects,
+            "listen_last_applied_at": self.last_applied_at,
+            "listen_cost": cost,
+        }
+
+    # -- driven by the worker ----------------------------------------------------
+
+    def tick(self, wait: float) -> None:
+        reason = self.listener.needs_restart()
+        if reason is not None:
+            if time.monotonic() < self._retry_at:
+                time.sleep(min(wait, self._retry_at - time.monotonic()))
+                return
+            self._restart(reason)
+            if not self.listener.subscribed:
+                return
+        items = self.listener.take(self.batch_size, wait)
+        if items:
+            self._apply(items)
+
+    def stop(self, status: str = "ok", message: str = "") -> None:
+        self.listener.close()
+        if self._run is not None:
+            self.engine.close_live(self._run, status, message)
+            self._run = None
+        self._set(STOPPED, "")
+
+    # -- internals -------------------------------------------------------------
+
+    def _restart(self, reason: str) -> None:
+        first = reason == "not subscribed"
+        overflowed = self.listener.overflowed
+        died_unheard = reason == "the stream stopped" and self.listener.snapshots == 0
+        self.listener.close()
+        if died_unheard:
+            self._failed("the stream closed before its first snapshot")
+            return
+        if not first:
+            self.reconnects += 1
+            log.log(logging.INFO if reason.startswith("refresh") else logging.WARNING, "Re-subscribing: %s", reason)
+        try:
+            if self._run is None:
+                self._run = self.engine.open_live()
+            if overflowed:
+                log.warning("Listener fell behind: catching up with a run before listening again")
+                self.catch_up()
+            watermark = Watermark.loads(self.engine.state.get(keys.WATERMARK))
+            self.listener.subscribe(watermark)
+        except EmpsyncError as exc:
+            self._failed(exc.message)
+            return
+        self._failures = 0
+        where = "changes since the watermark" if self.listener.watches_changes_only else "the whole collection"
+        if first:
+            log.info("Listening to %s", where)
+        self._set(LISTENING, where)
+
+    def _apply(self, items: list[LiveItem]) -> None:
+        markers = [i.snapshot_read_time for i in items if i.snapshot_read_time is not None]
+        watermark = None
+        if markers and self.listener.watches_changes_only:
+            watermark = Watermark(max(markers) - WATERMARK_MARGIN)
+        docs = _newest_per_id([i.doc for i in items])
+        try:
+            self.engine.apply_live(self._run, docs, watermark)
+        except EmpsyncError as exc:
+            # Nothing of the batch committed and the watermark did not move:
+            # the re-subscription delivers these changes again.
+            log.error("Listen batch failed: %s", exc.message)
+            self.listener.close()
+            self._failed(exc.message)
+            return
+        newest = max((naive_utc(d.update_time) for d in docs if d.update_time is not None), default=None)
+        now = utcnow()
+        if newest is not None:
+            self.lag_ms = max(0, int((now - newest).total_seconds() * 1000))
+        self.last_applied_at = now.isoformat(timespec="milliseconds") + "Z"
+
+    def _failed(self, why: str) -> None:
+        self._failures += 1
+        delay = backoff(self._failures)
+        self._retry_at = time.monotonic() + delay
+        state = RECONNECTING if self._failures < ATTEMPTS_BEFORE_FALLBACK else FALLBACK
+        self._set(state, f"{why}; retrying in {delay:.0f} s")
+
+    def _set(self, state: str, detail: str) -> None:
+        if (state, detail) != (self.state, self.detail):
+            self.state, self.detail = state, detail
+            self.on_state(state, detail)
+
+
+def _newest_per_id(docs: list[SourceDoc]) -> list[SourceDoc]:
+    """One version per document; the stream is in commit order, so the last one wins."""
+    return list({doc.id: doc for doc in docs}.values())
