@@ -24,8 +24,12 @@ from .config import FieldSpec
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # MySQL's DATETIME and DATE start at year 1000; one rule for every target.
 MIN_YEAR = 1000
-_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
-_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# ASCII only: Unicode \d takes "٣" (which no one means as a number) and Unicode \s
+# takes "\x1f" (which int() then refuses with a ValueError).
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
+_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
+# More significant digits than any 64-bit integer has.
+_INT64_DIGITS = 19
 
 
 class Invalid(ValueError):
@@ -116,11 +120,14 @@ def to_integer(value: Any) -> int:
             raise Invalid(f"expected an integer, got a fraction {_number_text(value)}")
         number = int(value)
     elif isinstance(value, str) and _INTEGER_TEXT.match(value):
+        # Check the length first: int() refuses strings of over 4,300 digits with a ValueError.
+        if len(value.strip().lstrip("+-").lstrip("0")) > _INT64_DIGITS:
+            raise Invalid(f"out of the 64-bit integer range: {describe(value)}")
         number = int(value)
     else:
         raise Invalid(f"expected an integer, got {describe(value)}")
     if not INT64_MIN <= number <= INT64_MAX:
-        raise Invalid(f"integer {number} is out of the 64-bit range")
+        raise Invalid(f"out of the 64-bit integer range: {describe(value)}")
     return number
 
 
@@ -150,7 +157,10 @@ def to_datetime(value: Any) -> datetime:
     else:
         raise Invalid(f"expected a timestamp, got {describe(value)}")
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # "0001-01-01T00:00+01:00" is before the first representable moment
+            raise Invalid(f"timestamp out of range: {describe(value)}") from None
     # Drop the nanosecond subclass Firestore uses: the database keeps microseconds.
     moment = datetime(*moment.timetuple()[:6], moment.microsecond)
     if moment.year < MIN_YEAR:
@@ -269,10 +279,10 @@ def content_hash(row: Mapping[str, Any]) -> str:
     """A 128-bit hash of a row's normal values, independent of column order."""
     digest = hashlib.blake2b(digest_size=16)
     for column in sorted(row):
-        digest.update(column.encode())
-        digest.update(b"\x1f")
-        digest.update(_canonical(row[column]).encode("utf-8", "surrogatepass"))
-        digest.update(b"\x1e")
+        # Length-prefixed, so no value can pass for a separator and the next column.
+        for part in (column.encode(), _canonical(row[column]).encode("utf-8", "surrogatepass")):
+            digest.update(b"%d:" % len(part))
+            digest.update(part)
     return digest.hexdigest()
 
 
