@@ -40,8 +40,10 @@ SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen
 STATUS_REFRESH_S = 5.0
 LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
 LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
-BACKOFF_BASE_S = 5.0
+BACKOFF_BASE_S = 5.0  # after a failed run
 BACKOFF_CAP_S = 300.0
+LEAD_BACKOFF_BASE_S = 2.0  # after the database could not be reached for the lock
+LEAD_BACKOFF_CAP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ class SyncService:
                         next_lead_try = now + LEAD_RETRY_S
                     except EmpsyncError as exc:
                         lead_failures += 1
-                        next_lead_try = now + backoff_delay(lead_failures, base=2.0, cap=60.0)
+                        next_lead_try = now + backoff_delay(lead_failures, LEAD_BACKOFF_BASE_S, LEAD_BACKOFF_CAP_S)
                         self._set_state("error", f"{exc.message} (retrying)")
                 elif self.is_leader and now >= next_lead_check:
                     next_lead_check = now + LEAD_CHECK_S
@@ -408,7 +410,7 @@ class SyncService:
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
         if result.status == "failed":
             self._failures += 1
-            delay = backoff_delay(self._failures)
+            delay = backoff_delay(self._failures, BACKOFF_BASE_S, BACKOFF_CAP_S)
             self._retry_at, self._retry_force = time.monotonic() + delay, force
             with self._snapshot_lock:
                 self._live["failures"] = self._failures
