@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -66,29 +65,63 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], updat
     """Insert rows, or set ``update`` columns on the ones whose key exists, in multi-row statements.
 
     Built by hand as one statement per chunk rather than left to the driver's
-    executemany, which PyMySQL does not batch for every upsert form.
+    executemany, which PyMySQL does not batch for every upsert form. The SQL
+    text is ours too: SQLAlchemy's multi-row ``values()`` compiles every
+    placeholder anew on every call, which cost more than the round trip.
+    Every row must have the keys of the first.
     """
+    _insert_many(conn, table, rows, _conflict_clause(conn, table, update), ignore=not update)
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Plain multi-row INSERTs (audit rows); every row must have the keys of the first."""
+    _insert_many(conn, table, rows, "", ignore=False)
+
+
+def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], tail: str, ignore: bool) -> None:
     if not rows:
         return
-    per_statement = max(1, MAX_PARAMS_PER_STATEMENT // max(1, len(rows[0])))
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    columns = list(rows[0])
+    processors = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+    mark = _placeholder(dialect.paramstyle)
+    group = "(" + ", ".join([mark] * len(columns)) + ")"
+    verb = "INSERT IGNORE INTO" if ignore and is_mysql(conn) else "INSERT INTO"
+    head = f"{verb} {dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in columns)}) VALUES "
+    per_statement = max(1, MAX_PARAMS_PER_STATEMENT // len(columns))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        if is_mysql(conn):
-            stmt = mysql.insert(table).values(chunk)
-            stmt = (
-                stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
-                if update
-                else stmt.prefix_with("IGNORE")
-            )
-        else:
-            stmt = sqlite.insert(table).values(chunk)
-            key = [c.name for c in table.primary_key.columns]
-            stmt = (
-                stmt.on_conflict_do_update(index_elements=key, set_={c: stmt.excluded[c] for c in update})
-                if update
-                else stmt.on_conflict_do_nothing(index_elements=key)
-            )
-        conn.execute(stmt)
+        params: list[Any] = []
+        for row in chunk:
+            for column, process in zip(columns, processors, strict=True):
+                value = row[column]
+                params.append(value if process is None or value is None else process(value))
+        conn.exec_driver_sql(head + ", ".join([group] * len(chunk)) + tail, tuple(params))
+
+
+def _placeholder(paramstyle: str) -> str:
+    if paramstyle == "qmark":
+        return "?"
+    if paramstyle in ("format", "pyformat"):
+        return "%s"
+    raise TargetError(f"unsupported driver parameter style {paramstyle!r}")
+
+
+def _conflict_clause(conn: Connection, table: Table, update: Sequence[str]) -> str:
+    quote = conn.dialect.identifier_preparer.quote
+    if is_mysql(conn):
+        if not update:
+            return ""  # INSERT IGNORE
+        # MySQL 8.0.20+ deprecates VALUES(col) for a row alias; MariaDB knows only VALUES(col).
+        version = conn.dialect.server_version_info or ()
+        if not conn.dialect.is_mariadb and version >= (8, 0, 20):
+            return " AS new ON DUPLICATE KEY UPDATE " + ", ".join(f"{quote(c)} = new.{quote(c)}" for c in update)
+        return " ON DUPLICATE KEY UPDATE " + ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in update)
+    key = ", ".join(quote(c.name) for c in table.primary_key.columns)
+    if not update:
+        return f" ON CONFLICT ({key}) DO NOTHING"
+    return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in update)
 
 
 class Database:

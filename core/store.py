@@ -16,7 +16,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN
-from .db import Database, upsert
+from .db import Database, insert_rows, upsert
 from .diff import Decision, Op, Stored
 from .mapping import Reject, display
 
@@ -109,7 +109,7 @@ class MirrorStore:
         for columns, rows in by_columns.items():
             upsert(conn, self.t.mirror, rows, update=[*columns, UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, HASH_COLUMN])
         if audit:
-            conn.execute(self.t.changes.insert(), audit)
+            insert_rows(conn, self.t.changes, audit)
         return audit
 
     @staticmethod
@@ -163,5 +163,5 @@ class MirrorStore:
                 conn.execute(update(m).where(key.in_(chunk)).values({DELETED_AT_COLUMN: now, SYNCED_AT_COLUMN: now}))
         audit = [self._audit(run_id, now, i, Op.DELETE, None, None, None) for i in ids]
         if audit:
-            conn.execute(self.t.changes.insert(), audit)
+            insert_rows(conn, self.t.changes, audit)
         return audit
