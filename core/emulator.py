@@ -24,6 +24,19 @@ INSTALL_HINT = (
 )
 
 
+EMULATOR_MAIN = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the parent dies, even by kill -9 (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -59,17 +72,29 @@ def emulator_command() -> list[str]:
     if not shutil.which("java"):
         raise EmpsyncError("the Firestore emulator needs Java, which is not installed", INSTALL_HINT)
     for root in _sdk_roots():
-        script = root / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
-        if script.is_file():
-            return [str(script), "start"]
+        folder = root / "platform" / "cloud-firestore-emulator"
+        jar = folder / "cloud-firestore-emulator.jar"
+        if jar.is_file():
+            # Java directly, as the SDK's wrapper script does, so that the
+            # process we watch (and that dies with us) is the emulator itself.
+            return ["java", "-Duser.language=en", "-cp", str(jar), EMULATOR_MAIN, "start"]
+        if (folder / "cloud_firestore_emulator").is_file():
+            return [str(folder / "cloud_firestore_emulator"), "start"]
     raise EmpsyncError("the Firestore emulator is not installed", INSTALL_HINT)
 
 
 class Emulator:
     """One emulator process on a loopback port."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
         self.bind = host
+        self.die_with_parent = die_with_parent
         self.port = port or free_port(host)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
@@ -83,7 +108,13 @@ class Emulator:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
         env = {**os.environ, "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", "-Xss4m")}
         self.process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509 - only prctl, safe after fork
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
