@@ -221,7 +221,7 @@ class SyncService:
         self._run(kind, "catch-up", scheduled=False)
 
     def _on_listen_state(self, state: str, detail: str) -> None:
-        if self._live["state"] not in ("syncing", "stopped"):
+        if not self._stop.is_set() and self._live["state"] not in ("syncing", "stopped"):
             self._set_state(self._idle_state(), detail)
 
     @property
