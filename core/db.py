@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event
@@ -90,13 +91,19 @@ def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]],
     verb = "INSERT IGNORE INTO" if ignore and is_mysql(conn) else "INSERT INTO"
     head = f"{verb} {dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in columns)}) VALUES "
     per_statement = max(1, MAX_PARAMS_PER_STATEMENT // len(columns))
+    values_of = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    processed = [(i, process) for i, process in enumerate(processors) if process is not None]
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         params: list[Any] = []
         for row in chunk:
-            for column, process in zip(columns, processors, strict=True):
-                value = row[column]
-                params.append(value if process is None or value is None else process(value))
+            values = values_of(row)
+            if processed:
+                values = list(values)
+                for i, process in processed:
+                    if values[i] is not None:
+                        values[i] = process(values[i])
+            params.extend(values)
         conn.exec_driver_sql(head + ", ".join([group] * len(chunk)) + tail, tuple(params))
 
 

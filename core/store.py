@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
 from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN
@@ -56,20 +56,29 @@ class MirrorStore:
         self.t = db.tables
         self.id_column = db.config.target.id_column
         self.mapped = self.t.mapped_columns
+        m = self.t.mirror
+        key = m.c[self.id_column]
+        # Only what the diff needs, as plain tuples: the id, mapped values, hash, update time, deleted or not.
+        self._load = select(
+            key,
+            *(m.c[c] for c in self.mapped),
+            m.c[HASH_COLUMN],
+            m.c[UPDATE_TIME_COLUMN],
+            m.c[DELETED_AT_COLUMN].is_not(None),
+        ).where(key.in_(bindparam("ids", expanding=True)))
 
     def load(self, conn: Connection, ids: Sequence[str]) -> dict[str, Stored]:
         """The stored rows for some ids, in one query per chunk."""
-        m = self.t.mirror
-        key = m.c[self.id_column]
         found: dict[str, Stored] = {}
+        n = len(self.mapped)
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
-            for row in conn.execute(select(m).where(key.in_(chunk))).mappings():
-                found[row[self.id_column]] = Stored(
-                    values={c: row[c] for c in self.mapped},
-                    content_hash=row[HASH_COLUMN],
-                    update_time=row[UPDATE_TIME_COLUMN],
-                    deleted=row[DELETED_AT_COLUMN] is not None,
+            for row in conn.execute(self._load, {"ids": chunk}):
+                found[row[0]] = Stored(
+                    values=dict(zip(self.mapped, row[1 : n + 1], strict=True)),
+                    content_hash=row[n + 1],
+                    update_time=row[n + 2],
+                    deleted=bool(row[n + 3]),
                 )
         return found
 
