@@ -172,34 +172,38 @@ class SyncService:
         lead_failures = 0
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                if not self.is_leader and now >= next_lead_try:
-                    try:
-                        self._try_lead()
-                        lead_failures = 0
-                        next_lead_try = now + LEAD_RETRY_S
-                    except EmpsyncError as exc:
-                        lead_failures += 1
-                        next_lead_try = now + backoff_delay(lead_failures, LEAD_BACKOFF_BASE_S, LEAD_BACKOFF_CAP_S)
-                        self._set_state("error", f"{exc.message} (retrying)")
-                elif self.is_leader and now >= next_lead_check:
-                    next_lead_check = now + LEAD_CHECK_S
-                    self._check_lead()
-                if now >= next_settings:
-                    next_settings = now + SETTINGS_REFRESH_S
-                    self._refresh_settings()
-                if now >= next_status:
-                    next_status = now + STATUS_REFRESH_S
-                    self._refresh_status()
-                if self.is_leader:
-                    self._run_due_work()
-                if self.is_leader and self.listening_mode:
-                    # The listener's hand-off is the wait here, so a change is applied
-                    # the moment it arrives; commands are still seen every tick.
-                    self._mirror().tick(wait=TICK_S)
-                    self._drain_commands()
-                else:
-                    self._drain_commands(timeout=TICK_S)
+                try:
+                    now = time.monotonic()
+                    if now >= next_settings:
+                        next_settings = now + SETTINGS_REFRESH_S
+                        self._refresh_settings()
+                    if now >= next_status:
+                        next_status = now + STATUS_REFRESH_S
+                        self._refresh_status()
+                    if not self.is_leader and now >= next_lead_try:
+                        try:
+                            self._try_lead()
+                            lead_failures = 0
+                            next_lead_try = now + LEAD_RETRY_S
+                        except EmpsyncError as exc:
+                            lead_failures += 1
+                            next_lead_try = now + backoff_delay(lead_failures, LEAD_BACKOFF_BASE_S, LEAD_BACKOFF_CAP_S)
+                            self._set_state("error", f"{exc.message} (retrying)")
+                    elif self.is_leader and now >= next_lead_check:
+                        next_lead_check = now + LEAD_CHECK_S
+                        self._check_lead()
+                    if self.is_leader:
+                        self._run_due_work()
+                    if self.is_leader and self.listening_mode:
+                        # The listener's hand-off is the wait here, so a change is applied
+                        # the moment it arrives; commands are still seen every tick.
+                        self._mirror().tick(wait=TICK_S)
+                        self._drain_commands()
+                    else:
+                        self._drain_commands(timeout=TICK_S)
+                except Exception:  # noqa: BLE001 - a bug in one step must never kill the worker
+                    log.exception("unexpected error on the sync worker; carrying on")
+                    self._stop.wait(1.0)
         finally:
             self._step_down("stopped")
             self._set_state("stopped", "")
@@ -250,9 +254,12 @@ class SyncService:
             elif name == "paused":
                 self._store(**{keys.PAUSED: "1" if arg else "0"})
                 self._paused = arg
+                with self._snapshot_lock:
+                    self._live["paused"] = arg
+                self._update_next_times()
                 log.info("Scheduled runs %s", "paused" if arg else "resumed")
                 self._set_state(self._idle_state())
-            if runs and self._pending and self.is_leader:
+            if runs and self._pending and self.is_leader and self._commands.empty():
                 self._run_pending_requests()
             if self._stop.is_set():
                 return
@@ -280,11 +287,15 @@ class SyncService:
                 self._live["leader"] = leader
             self._set_state("standby", f"{leader} leads")
             return
+        try:
+            self.engine.state.set(**{keys.LEADER: self.identity})
+            closed = self.engine.state.close_interrupted_runs()
+        except EmpsyncError:
+            self._lock.release()  # lead only with the bookkeeping done; the next try starts over
+            raise
         with self._snapshot_lock:
             self._live["is_leader"] = True
             self._live["leader"] = self.identity
-        self.engine.state.set(**{keys.LEADER: self.identity})
-        closed = self.engine.state.close_interrupted_runs()
         if closed:
             log.warning("Marked %d run(s) left by a stopped process as interrupted", closed)
         log.info("Leading: this service syncs (%s)", self._lock.name)
@@ -323,8 +334,12 @@ class SyncService:
 
     def _reschedule(self) -> None:
         """(Re)create the two jobs, aligned with the runs that already happened."""
-        self._scheduler.clear()
         values = self._state_values()
+        if values is None:  # the database is away: keep the current plan, if there is one
+            if self._scheduler.get_jobs():
+                return
+            values = {}
+        self._scheduler.clear()
         interval, force_interval = self._interval, self.config.sync.force_interval
         normal = self._scheduler.every(interval).seconds.do(self._tick, force=False)
         force = self._scheduler.every(force_interval).seconds.do(self._tick, force=True)
@@ -353,6 +368,9 @@ class SyncService:
         paused = values.get(keys.PAUSED) == "1"
         if paused != self._paused:
             self._paused = paused
+            with self._snapshot_lock:
+                self._live["paused"] = paused
+            self._update_next_times()
             log.info("Scheduled runs %s", "paused" if paused else "resumed")
         if not self.is_leader:
             leader = values.get(keys.LEADER)
@@ -368,6 +386,9 @@ class SyncService:
             return None
 
     def _run_due_work(self) -> None:
+        if self._pending:  # queued while standby, or during a run
+            self._run_pending_requests()
+            return
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
             self._retry_at = None
             self._run("force" if self._retry_force else "normal", "retry", scheduled=True)
@@ -380,6 +401,8 @@ class SyncService:
             return  # backing off after a failure: the retry timer owns the next attempt
         if not force and self.listening_mode and self._live_mirror is not None and self._live_mirror.healthy:
             return  # the listener keeps the table current; polls take over only when it is down
+        if not force and any(j.should_run for j in self._scheduler.get_jobs() if j.job_func.keywords.get("force")):
+            return  # the force run due now covers this one
         self._run("force" if force else "normal", "schedule", scheduled=True)
 
     def _run_pending_requests(self) -> None:
@@ -402,9 +425,13 @@ class SyncService:
             log.debug("scheduled %s run skipped: %s", kind, reason)
             return None
         force = kind == "force"
-        result = self.engine.run(
-            force=force, when_due=scheduled and not force, trigger=trigger, lock=self._lock, stop=self._stop
-        )
+        try:
+            result = self.engine.run(
+                force=force, when_due=scheduled and not force, trigger=trigger, lock=self._lock, stop=self._stop
+            )
+        except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
+            log.exception("the %s run raised instead of failing cleanly", kind)
+            result = self._record_crash(kind, trigger, exc)
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
@@ -425,6 +452,20 @@ class SyncService:
             self._set_state(self._idle_state())
         self._reschedule()
         self._refresh_status()
+        return result
+
+    def _record_crash(self, kind: str, trigger: str, exc: Exception) -> RunResult:
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        result = RunResult(
+            status="failed", reason=reason, forced=kind == "force", kind=kind, trigger=trigger, exit_code=1
+        )
+        try:
+            result.run_id = self.engine.state.start_run(kind, trigger)
+            self.engine.state.finish_run(result.run_id, "failed", {}, 0, reason)
+            self.engine.state.set(**{keys.LAST_STATUS: "failed", keys.LAST_ERROR: reason[:500]})
+        except EmpsyncError:
+            pass
+        self.bus.emit(SyncFailed(utcnow(), result.run_id, kind, reason))
         return result
 
     def _schedule_block(self) -> str | None:
