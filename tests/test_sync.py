@@ -163,6 +163,18 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ok-bio-long": ({"bio": "ü" * 100_000}, {"bio": "ü" * 100_000}),
     "ok-city-nested-extra": ({"address": {"city": "Porto", "geo": {"lat": 41.1}}}, {"city": "Porto"}),
     "ok-address-not-a-map": ({"address": "Porto"}, {"city": None}),
+    "ok-name-nul-and-spaces": ({"name": "a\x00b  "}, {"name": "a\x00b  "}),
+    "ok-city-trailing-space": ({"address": {"city": "Lisbon "}}, {"city": "Lisbon "}),
+    "ok-rating-smallest": ({"rating": 5e-324}, {"rating": 5e-324}),
+    "ok-rating-largest": ({"rating": 1.7976931348623157e308}, {"rating": 1.7976931348623157e308}),
+    "ok-rating-tenth": ({"rating": 0.1}, {"rating": 0.1}),
+    "ok-rating-minus-zero": ({"rating": -0.0}, {"rating": 0.0}),
+    "ok-updated-microseconds": (
+        {"updated_at": datetime(2024, 3, 1, 10, 30, 0, 123_456, tzinfo=UTC)},
+        {"updated_at": datetime(2024, 3, 1, 10, 30, 0, 123_456)},
+    ),
+    "ok-hired-last-day": ({"hired_at": "9999-12-31"}, {"hired_at": date(9999, 12, 31)}),
+    "ok-hired-first-year": ({"hired_at": "1000-01-01"}, {"hired_at": date(1000, 1, 1)}),
 }
 
 
@@ -229,7 +241,8 @@ def test_malformed_documents_are_rejected_beside_valid_ones(make_config, target_
     docs_ref(firestore_client, "bad-salary-text").update({"salary": 61_000})
     docs_ref(firestore_client, "bad-remote-text").delete()
     counts = ok(engine.run(force=True))
-    assert (counts.inserted, counts.rejected, counts.deleted) == (1, len(MALFORMED) - 2, 0)
+    # Every edge value came back from the database exactly as written: nothing to update.
+    assert (counts.inserted, counts.updated, counts.rejected, counts.deleted) == (1, 0, len(MALFORMED) - 2, 0)
     found = rejects(engine)
     assert set(found) == set(MALFORMED) - {"bad-salary-text", "bad-remote-text"}
     assert rows(engine)["bad-salary-text"]["salary"] == 61_000
@@ -814,4 +827,87 @@ def test_an_interval_from_the_database_drives_the_due_check(make_config, target_
     backdated = (datetime.fromisoformat(last) - timedelta(seconds=11)).isoformat()
     engine.state.set(last_sync_at=backdated)
     assert engine.run(when_due=True).status == "ok"
+    engine.close()
+
+
+# -- field paths, column names and collections that need quoting ---------------------------
+
+ODD_FIELDS = {
+    "first-name": {"type": "string", "required": True, "column": "first_name"},
+    "home address.zip code": {"type": "string", "column": "zip"},
+    "1st": {"type": "string", "column": "first"},
+    "meta.updated": {"type": "datetime"},
+    # Reserved words of MySQL, MariaDB or SQLite as column names.
+    "order": {"type": "integer"},
+    "group": {"type": "string"},
+    "key": {"type": "string"},
+    "offset": {"type": "integer"},
+    "rank": {"type": "float"},
+    "interval": {"type": "boolean"},
+    "select": {"type": "json"},
+    "row": {"type": "date"},
+}
+
+
+def test_quoted_paths_reserved_column_names_and_a_subcollection(make_config, target_url, firestore_client):
+    collection = "companies/acme/staff"
+    docs = {
+        f"s{i}": {
+            "first-name": f"Ann {i}",
+            "home address": {"zip code": f"{1000 + i}"},
+            "1st": "yes",
+            "meta": {"updated": firestore.SERVER_TIMESTAMP},
+            "order": i,
+            "group": "g",
+            "key": "k",
+            "offset": -i,
+            "rank": i / 2,
+            "interval": i % 2 == 1,
+            "select": {"a": [i]},
+            "row": "2024-02-29",
+            "secret": "never-leaves-firestore",
+        }
+        for i in range(6)
+    }
+    write_docs(firestore_client, docs, collection=collection)
+    config = make_config(
+        target_url,
+        fields=ODD_FIELDS,
+        source={"collection": collection, "updated_field": "meta.updated", "page_size": 4},
+        target={"table": "order"},  # a reserved word as the table name too
+    )
+    engine = SyncEngine(config)
+    counts = ok(engine.run(force=True))
+    assert (counts.inserted, counts.rejected) == (6, 0)
+    stored = rows(engine)
+    s3 = stored["s3"]
+    assert (s3["first_name"], s3["zip"], s3["first"], s3["order"], s3["offset"]) == ("Ann 3", "1003", "yes", 3, -3)
+    assert (s3["rank"], s3["interval"], s3["select"], s3["row"]) == (1.5, True, '{"a":[3]}', date(2024, 2, 29))
+    assert "secret" not in s3
+
+    # The field mask: only mapped fields ever leave Firestore.
+    page = next(iter(engine.source.all_pages()))
+    assert all(set(d.data) <= {"first-name", "home address", "1st", "meta", *ODD_FIELDS} for d in page)
+    assert all("secret" not in d.data for d in page)
+
+    firestore_client.collection(collection).document("s2").update(
+        {"order": 20, "meta.updated": firestore.SERVER_TIMESTAMP}
+    )
+    firestore_client.collection(collection).document("s4").delete()
+    assert ok(engine.run()).updated == 1  # incremental on a nested updated_field
+    counts = ok(engine.run(force=True))
+    assert (counts.deleted, counts.written) == (1, 1)
+    stored = rows(engine)
+    assert stored["s2"]["order"] == 20 and stored["s4"]["deleted_at"] is not None
+    engine.close()
+
+
+def test_the_read_meter_counts_documents_and_empty_pages(make_config, target_url, firestore_client):
+    write_docs(firestore_client, {f"e{i:03d}": settled(i) for i in range(100)})
+    engine = SyncEngine(make_config(target_url, source={"page_size": 50}))
+    # Two full pages, then the empty query that proves the end: one read for it.
+    assert ok(engine.run(force=True)).firestore_reads == 101
+    engine.close()
+    engine = SyncEngine(make_config(target_url, source={"page_size": 40}))
+    assert ok(engine.run(force=True)).firestore_reads == 100  # 40 + 40 + 20: the short page ends it
     engine.close()
