@@ -183,8 +183,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         try:
             length = int(self.headers.get("Content-Length") or 0)
-            if length < 0 or length > MAX_BODY:
-                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
+            if length < 0:
+                raise ValueError(length)
+            if length > MAX_BODY:
+                # Unread, the body would be taken for the next request on this connection.
+                raise ApiError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes", {"Connection": "close"}
+                )
             body = self.rfile.read(length) if length else b""
             path = self.path.split("?", 1)[0]
             status, payload, content_type = self.api.handle(self.command, path, self.headers, body)
@@ -192,7 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             self._send(exc.status, {"error": exc.message, "status": int(exc.status)}, "", exc.headers)
         except ValueError:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length", "status": 400}, "")
+            self._send(
+                HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length", "status": 400}, "", {"Connection": "close"}
+            )
         except EmpsyncError as exc:
             self._send(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": exc.message, "status": 422}, "")
         except Exception:  # noqa: BLE001 - a bug: logged, answered, never kills the server

@@ -1,0 +1,307 @@
+"""The control API (issue 3, point 6) on a real service, emulator and database.
+
+Every endpoint and every error status: 400 bad JSON, 401 without and with a
+wrong token, 404, 405, 413, 422 wrong types and out-of-range values, 202 for
+a trigger with the run it queued, 200 for an interval with the stored value;
+/metrics parses as Prometheus text; a non-loopback API without a token
+refuses to start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime
+from http.client import HTTPConnection
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from core import config as cfg
+from core.api import MAX_BODY, ControlApi
+from core.errors import ConfigError
+from core.service import SyncService
+
+from .conftest import employee, write_docs, write_toml
+from .service_support import Events, Headless, http, running, stored_state, wait_for, wait_leading
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-3f9a"
+PREFIX = "/api/realtime-sync"
+
+
+class Served:
+    """A service with its API on an ephemeral loopback port."""
+
+    def __init__(self, config: cfg.Config) -> None:
+        self.config = config
+        self.service = SyncService(config)
+        self.events = Events(self.service)
+        self.api = ControlApi(self.service, config.api)
+        host, port = self.api.address
+        self.base = f"http://{host}:{port}"
+
+    def get(self, path: str, **kw):
+        return http("GET", self.base + path, **kw)
+
+    def post(self, path: str, body=None, token: str | None = TOKEN, **kw):
+        return http("POST", self.base + path, body, token=token, **kw)
+
+
+@pytest.fixture
+def served(make_config, sqlite_url, firestore_client):
+    write_docs(firestore_client, {f"e{i}": employee(i) for i in range(4)})
+    config = make_config(
+        sqlite_url,
+        sync={"interval": 300, "force_interval": 3600},
+        api={"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN},
+    )
+    s = Served(config)
+    s.api.start()
+    with running(s.service):
+        s.events.wait_finished(1, trigger="schedule")
+        wait_for(lambda: s.service.snapshot().get("rows") == 4, 10, "the first sync in the status")
+        yield s
+    s.api.stop()
+
+
+def assert_error(response, status: int, needle: str = "") -> dict:
+    code, headers, body = response
+    assert code == status, (code, body)
+    assert headers["Content-Type"].startswith("application/json")
+    assert isinstance(body, dict) and body["status"] == status and body["error"], body
+    assert needle.lower() in body["error"].lower(), body
+    return headers
+
+
+def test_status_stats_and_health(served):
+    code, headers, status = served.get(f"{PREFIX}/status")
+    assert code == 200 and headers["Content-Type"] == "application/json"
+    for key in (
+        "enabled", "mode", "interval", "force_interval", "paused", "last_sync_at", "last_force_sync_at",
+        "next_sync_at", "last_status", "rows", "source", "target", "state", "is_leader", "leader",
+    ):  # fmt: skip
+        assert key in status, key
+    assert status["enabled"] is True and status["is_leader"] is True and status["rows"] == 4
+    assert status["interval"] == 300 and status["last_status"] == "ok"
+    assert status["source"]["project"] == served.config.source.project
+    assert served.service.identity == status["leader"]
+
+    code, _, stats = served.get(f"{PREFIX}/stats")
+    assert code == 200 and stats["runs"] >= 1 and stats["inserted"] == 4 and stats["rows"] == 4
+
+    code, _, health = served.get("/healthz")
+    assert code == 200 and health == {"ok": True, "state": status["state"], "leader": True}
+    # A trailing slash and a query string name the same endpoint.
+    assert served.get(f"{PREFIX}/status/?verbose=1")[0] == 200
+
+
+def test_trigger_answers_202_with_the_run_it_queued(served, firestore_client):
+    write_docs(firestore_client, {"new": employee(50)})
+    code, _, body = served.post(f"{PREFIX}/trigger")
+    assert code == 202, body
+    queued = body["queued"]
+    assert queued["kind"] == "normal" and queued["trigger"] == "api" and isinstance(queued["request_id"], int)
+    result = wait_for(
+        lambda: (r := served.service.snapshot()["last_result"]) and r["request_id"] == queued["request_id"] and r,
+        20,
+        "the queued run to finish",
+    )
+    assert result["status"] == "ok" and result["inserted"] == 1
+
+    code, _, body = served.post(f"{PREFIX}/trigger", {"force": True, "interval": 120})
+    assert code == 202 and body["queued"]["kind"] == "force" and body["interval"] == 120
+    forced = wait_for(
+        lambda: (
+            (r := served.service.snapshot()["last_result"]) and r["request_id"] == body["queued"]["request_id"] and r
+        ),
+        20,
+        "the queued force run",
+    )
+    assert forced["forced"] is True and forced["fetched"] == 5
+    wait_for(lambda: stored_state(served.config).get("interval") == "120", 10, "the trigger's interval stored")
+    # An empty body and an explicit false are a normal run.
+    assert served.post(f"{PREFIX}/trigger", {"force": False})[2]["queued"]["kind"] == "normal"
+    assert served.post(f"{PREFIX}/trigger", raw=b"")[0] == 202
+
+
+def test_interval_answers_200_with_the_stored_value(served):
+    code, _, body = served.post(f"{PREFIX}/interval", {"interval": 45})
+    assert (code, body) == (200, {"interval": 45})
+    wait_for(lambda: stored_state(served.config).get("interval") == "45", 10, "the interval stored")
+    status = served.get(f"{PREFIX}/status")[2]
+    assert status["interval"] == 45 and status["interval_source"] == "database"
+    for edge in (10, 86_400):
+        assert served.post(f"{PREFIX}/interval", {"interval": edge})[2] == {"interval": edge}
+
+
+def test_posts_need_the_token(served):
+    for token in (None, "wrong-token", TOKEN + "x", ""):
+        for path, body in ((f"{PREFIX}/trigger", {}), (f"{PREFIX}/interval", {"interval": 60})):
+            headers = assert_error(served.post(path, body, token=token), 401, "token")
+            assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert_error(served.post(f"{PREFIX}/trigger", {}, token=None, headers={"Authorization": f"Basic {TOKEN}"}), 401)
+    # Authorization comes before parsing: a stranger learns nothing about the body.
+    assert_error(served.post(f"{PREFIX}/interval", raw=b"{not json", token=None), 401)
+    time.sleep(0.5)
+    assert served.service.snapshot()["interval"] == 300, "a refused request changed the interval"
+    assert not served.events.finished(trigger="api"), "a refused trigger queued a run"
+    # Reading needs no token.
+    assert served.get(f"{PREFIX}/status", token=None)[0] == 200
+
+
+def test_bad_requests(served):
+    interval, trigger = f"{PREFIX}/interval", f"{PREFIX}/trigger"
+    for raw in (b"{not json", b'{"interval": 60', b"\xff\xfe", b"[1,"):
+        assert_error(served.post(interval, raw=raw), 400, "JSON")
+        assert_error(served.post(trigger, raw=raw), 400, "JSON")
+    for body in (
+        {"interval": "60"}, {"interval": 60.5}, {"interval": True}, {"interval": None}, {"interval": [60]},
+        {"interval": 9}, {"interval": 0}, {"interval": -60}, {"interval": 86_401}, {}, {"seconds": 60},
+    ):  # fmt: skip
+        assert_error(served.post(interval, body), 422, "interval")
+    for body in ({"force": "yes"}, {"force": 1}, {"force": None}, {"interval": "soon"}, {"force": True, "interval": 5}):
+        assert_error(served.post(trigger, body), 422)
+    for raw in (b"[]", b'"interval"', b"60"):
+        assert_error(served.post(interval, raw=raw), 422, "object")
+    assert_error(served.post(interval, raw=b"x" * (MAX_BODY + 1)), 413)
+    time.sleep(0.5)
+    assert served.service.snapshot()["interval"] == 300, "a refused request changed the interval"
+    assert not served.events.finished(trigger="api"), "a refused trigger queued a run"
+
+
+def test_unknown_paths_and_wrong_methods(served):
+    for path in ("/", "/nope", f"{PREFIX}", f"{PREFIX}/statuses", f"{PREFIX}/status/extra", "/metrics/x"):
+        assert_error(served.get(path), 404, "no such endpoint")
+        assert_error(served.post(path, {}), 404)
+    for method, path, allowed in (
+        ("GET", f"{PREFIX}/trigger", "POST"),
+        ("GET", f"{PREFIX}/interval", "POST"),
+        ("POST", f"{PREFIX}/status", "GET"),
+        ("POST", f"{PREFIX}/stats", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("DELETE", f"{PREFIX}/interval", "POST"),
+        ("PUT", f"{PREFIX}/trigger", "POST"),
+        ("PATCH", f"{PREFIX}/status", "GET"),
+    ):
+        headers = assert_error(http(method, served.base + path, {} if method != "GET" else None, token=TOKEN), 405)
+        assert headers["Allow"] == allowed
+
+
+def test_a_refused_body_does_not_poison_a_kept_alive_connection(served):
+    host, port = served.api.address
+    conn = HTTPConnection(host, port, timeout=10)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        for length in (str(MAX_BODY + 1), "-1", "many"):
+            body = b"x" * (MAX_BODY + 1) if length == str(MAX_BODY + 1) else b""
+            conn.putrequest("POST", f"{PREFIX}/interval")
+            conn.putheader("Authorization", auth["Authorization"])
+            conn.putheader("Content-Length", length)
+            conn.endheaders(body)
+            response = conn.getresponse()
+            error = json.loads(response.read())
+            assert response.status == error["status"] == (413 if length.isdigit() else 400), error
+            # The same client carries on with its next request.
+            conn.request("GET", f"{PREFIX}/status")
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["is_leader"] is True
+    finally:
+        conn.close()
+
+
+def metric_families(served) -> dict:
+    code, headers, text = served.get("/metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, family: str, name: str, **labels: str) -> float:
+    values = [s.value for s in families[family].samples if s.name == name and labels.items() <= s.labels.items()]
+    assert values, (family, name, labels)
+    return sum(values)
+
+
+def test_metrics_parse_as_prometheus_text(served, make_config, sqlite_url):
+    families = metric_families(served)
+    assert families["empsync_runs"].type == "counter"
+    assert sample(families, "empsync_runs", "empsync_runs_total", status="ok") >= 1
+    assert families["empsync_documents"].type == "counter"
+    assert sample(families, "empsync_documents", "empsync_documents_total", outcome="inserted") == 4
+    for outcome in ("inserted", "updated", "deleted", "unchanged", "rejected"):
+        sample(families, "empsync_documents", "empsync_documents_total", outcome=outcome)
+    reads = sample(families, "empsync_firestore_reads", "empsync_firestore_reads_total")
+    assert reads >= 4
+    duration = families["empsync_run_duration_seconds"]
+    assert duration.type == "histogram"
+    runs = sample(families, "empsync_run_duration_seconds", "empsync_run_duration_seconds_count")
+    assert runs >= 1
+    assert sample(families, "empsync_run_duration_seconds", "empsync_run_duration_seconds_bucket", le="+Inf") == runs
+    last = sample(families, "empsync_last_success_timestamp_seconds", "empsync_last_success_timestamp_seconds")
+    assert abs(datetime.now(UTC).timestamp() - last) < 3600
+    assert sample(families, "empsync_leader", "empsync_leader") == 1
+    assert sample(families, "empsync_interval_seconds", "empsync_interval_seconds") == 300
+    assert sample(families, "empsync_rows", "empsync_rows") == 4
+
+    # A run moves the counters: one more ok run, one more update, its reads.
+    served.post(f"{PREFIX}/trigger", {"force": True})
+    wait_for(lambda: served.events.finished(trigger="api"), 20, "the triggered run")
+    families = metric_families(served)
+    assert sample(families, "empsync_runs", "empsync_runs_total", kind="force", status="ok") >= 1
+    assert sample(families, "empsync_documents", "empsync_documents_total", outcome="unchanged") >= 4
+    assert sample(families, "empsync_firestore_reads", "empsync_firestore_reads_total") >= reads + 4
+
+    # A failed run is counted as one.
+    served.service.engine.mirror.write = lambda *a, **k: 1 / 0
+    try:
+        served.post(f"{PREFIX}/trigger", {"force": True})
+        wait_for(lambda: served.service.snapshot()["last_result"]["status"] == "failed", 20, "a failed run")
+    finally:
+        del served.service.engine.mirror.write
+    families = metric_families(served)
+    assert sample(families, "empsync_runs", "empsync_runs_total", kind="force", status="failed") == 1
+
+    # A standby on the same database says it does not lead.
+    standby = Served(dataclasses.replace(served.config, api=dataclasses.replace(served.config.api, port=0)))
+    standby.api.start()
+    try:
+        with running(standby.service):
+            wait_for(lambda: standby.service.snapshot()["state"] == "standby", 10, "the second service to stand by")
+            families = metric_families(standby)
+            assert sample(families, "empsync_leader", "empsync_leader") == 0
+            status = standby.get(f"{PREFIX}/status")[2]
+            assert status["is_leader"] is False and status["state"] == "standby"
+    finally:
+        standby.api.stop()
+    wait_leading(served.service)
+
+
+def test_the_token_can_come_from_the_environment(make_config, sqlite_url, tmp_path):
+    config = make_config(sqlite_url, api={"enabled": True, "port": 0, "token": ""})
+    loaded = cfg.load(str(write_toml(tmp_path / "sync.toml", config)), env={"EMPSYNC_API_TOKEN": "from-env-token"})
+    s = Served(loaded)
+    s.api.start()
+    try:
+        assert_error(s.post(f"{PREFIX}/interval", {"interval": 60}, token=None), 401)
+        assert s.post(f"{PREFIX}/interval", {"interval": 60}, token="from-env-token")[0] == 200
+    finally:
+        s.api.stop()
+
+
+def test_a_non_loopback_api_without_a_token_refuses_to_start(make_config, sqlite_url, tmp_path):
+    config = make_config(sqlite_url, api={"enabled": True, "host": "0.0.0.0", "port": 0, "token": ""})
+    with pytest.raises(ConfigError, match="api.token"):
+        ControlApi(SyncService(config), config.api)
+    for host in ("0.0.0.0", "::"):
+        bad = dataclasses.replace(config, api=dataclasses.replace(config.api, host=host))
+        path = write_toml(tmp_path / f"api-{host.replace(':', '_')}.toml", bad)
+        process = Headless(path)
+        try:
+            code = process.wait(30)
+        finally:
+            process.close()
+        assert code == 2, process.text()
+        assert "api.token" in process.text() and "Traceback" not in process.text()
+        assert "Leading" not in process.text(), "it started syncing before refusing"
