@@ -270,7 +270,7 @@ class SyncEngine:
             return
         with self.db.connect() as conn:
             sizes = self.state.row_counts(conn)
-        run.counts.naive_reads = sizes["rows"] + sizes["rejects"]
+        run.counts.naive_reads = sizes["rows"] + sizes["unmirrored_rejects"]
         duration_ms = int((utcnow() - run.now).total_seconds() * 1000)
         self.state.finish_run(run.run_id, "ok", run.counts.as_dict(), duration_ms)
         stamp = {keys.LAST_SYNC_AT: iso(run.now), keys.LAST_STATUS: "ok", keys.LAST_ERROR: None}

@@ -182,7 +182,16 @@ class State:
         # count(column) skips NULLs: it counts the soft-deleted rows.
         total, soft_deleted = conn.execute(select(func.count(), func.count(deleted)).select_from(m)).one()
         rejects = conn.execute(select(func.count()).select_from(self.t.rejects)).scalar_one()
-        return {"rows": int(total) - int(soft_deleted), "soft_deleted": int(soft_deleted), "rejects": int(rejects)}
+        # A document that turned invalid has a live row and a reject: count it once.
+        r, key = self.t.rejects, m.c[self.db.config.target.id_column]
+        live_row = select(key).where(key == r.c.document_id, deleted.is_(None)).exists()
+        unmirrored = conn.execute(select(func.count()).select_from(r).where(~live_row)).scalar_one()
+        return {
+            "rows": int(total) - int(soft_deleted),
+            "soft_deleted": int(soft_deleted),
+            "rejects": int(rejects),
+            "unmirrored_rejects": int(unmirrored),
+        }
 
     def last_run(self, conn: Connection, **where: Any) -> dict[str, Any] | None:
         runs = self.t.runs

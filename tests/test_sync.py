@@ -262,6 +262,7 @@ def test_a_document_turning_invalid_keeps_its_good_row_until_it_is_valid_again(
     )
     counts = ok(engine.run())  # an incremental run sees the change
     assert (counts.fetched, counts.rejected, counts.updated) == (1, 1, 0)
+    assert counts.naive_reads == 5, "a full read costs the five documents: e1 has a row and a reject, read once"
     assert rows(engine)["e1"] == before, "the previous good row stays exactly as it was"
     reject = rejects(engine)["e1"]
     assert reject["field"] == "salary" and reject["reason"].startswith("salary: expected an integer")
