@@ -178,8 +178,8 @@ class SyncService:
                         next_settings = now + SETTINGS_REFRESH_S
                         self._refresh_settings()
                     if now >= next_status:
-                        next_status = now + STATUS_REFRESH_S
-                        self._refresh_status()
+                        first, next_status = next_status == 0.0, now + STATUS_REFRESH_S
+                        self._refresh_status(count_documents=not first)  # leading never waits on a count
                     if not self.is_leader and now >= next_lead_try:
                         try:
                             self._try_lead()
@@ -495,9 +495,9 @@ class SyncService:
 
     # -- status ----------------------------------------------------------------
 
-    def _refresh_status(self) -> None:
+    def _refresh_status(self, count_documents: bool = True) -> None:
         try:
-            status = build_status(self.engine)
+            status = build_status(self.engine, count_documents=count_documents)
             stats = build_stats(self.engine)
         except EmpsyncError as exc:
             with self._snapshot_lock:

@@ -78,6 +78,7 @@ class MariaDB:
             "--innodb-log-file-size=256M",
             "--max-connections=500",
             "--skip-name-resolve",
+            f"--tmpdir={self.base}",  # temp tables in its own folder: other servers' clean-ups cannot touch them
         ]
         if os.geteuid() == 0:
             args.append("--user=root")
