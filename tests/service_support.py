@@ -94,7 +94,7 @@ class Events:
             if isinstance(event, SyncStarted):
                 assert not running, "a run started while another was running"
                 running = True
-            elif isinstance(event, SyncFinished) or event.run_id is not None:
+            else:
                 running = False
 
 

@@ -221,7 +221,7 @@ def test_two_services_elect_one_leader_and_kill_9_hands_over(
     a.process.kill()  # kill -9: no clean-up, the server drops the lock with the connection
     assert a.wait(10) == -signal.SIGKILL
     write_docs(firestore_client, {"after-kill": employee(77)})
-    b.wait_line("Leading", timeout=30)
+    b.wait_line("Leading", timeout=base.sync.interval)  # within one interval of the leader's death
     wait_for(lambda: "after-kill" in mirror_rows(base), 40, "B to sync the document written after the kill")
     status_b = api_status(port_b)
     assert status_b["is_leader"] is True and status_b["leader"] == f"{socket.gethostname()}:{b.pid}"
