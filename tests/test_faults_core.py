@@ -203,7 +203,7 @@ def progress(url: str) -> Callable[[], int]:
 def test_emulator_stopping_mid_run_fails_cleanly_and_the_rerun_completes(
     private_emulator, make_config, target_url, tmp_path
 ):
-    total, batch = 4000, 100
+    total, batch = 2000, 50
     project = f"stop-{uuid.uuid4().hex[:10]}"
     docs = {f"e{i:05d}": settled(i) for i in range(total)}
     seed(private_emulator.host, project, docs)

@@ -387,8 +387,11 @@ def test_delete_modes_hard_and_keep(make_config, target_url, firestore_client, m
 def test_a_second_force_run_writes_nothing(make_config, target_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(120)})
     engine = SyncEngine(make_config(target_url))
-    first = ok(engine.run(force=True))
+    with mirror_writes(engine) as writes:
+        first = ok(engine.run(force=True))
     assert first.inserted == 120
+    # Multi-row statements, one per batch of 100 (DESIGN §5: never row by row).
+    assert [w.count("), (") + 1 for w in writes] == [100, 20]
     before, audit_before = rows(engine), audit(engine)
     assert len([a for a in audit_before if a["operation"] == "insert"]) == 120
 
