@@ -915,3 +915,23 @@ def test_the_read_meter_counts_documents_and_empty_pages(make_config, target_url
     engine = SyncEngine(make_config(target_url, source={"page_size": 40}))
     assert ok(engine.run(force=True)).firestore_reads == 100  # 40 + 40 + 20: the short page ends it
     engine.close()
+
+
+def test_disabled_or_paused_skips_normal_runs_with_exit_0(make_config, target_url, firestore_client, tmp_path):
+    write_docs(firestore_client, {"e0": employee(0)})
+    path = toml_for(tmp_path, make_config(target_url))
+
+    proc = run_cli("--config", path, "sync", "--json", env={"FIRESTORE_REALTIME_ENABLED": "false"})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "skipped" and "disabled" in out["reason"] and out["fetched"] == 0
+
+    assert run_cli("--config", path, "pause").returncode == 0
+    proc = run_cli("--config", path, "sync", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["status"] == "skipped"
+    status = json.loads(run_cli("--config", path, "status", "--json").stdout)
+    assert (status["paused"], status["next_sync_at"], status["rows"]) == (True, None, 0)
+
+    assert run_cli("--config", path, "resume").returncode == 0
+    proc = run_cli("--config", path, "sync", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["inserted"] == 1
