@@ -1,0 +1,552 @@
+"""The operator console: the sync service on its worker thread, watched and steered from the keyboard.
+
+Data flows one way. The service's worker thread (and any thread that logs)
+reaches the App only through ``post_message`` (see ``bridge.py``); message
+handlers only buffer, and a timer flushes the buffers into the panes a few
+times a second, so a flood of changes costs a few table updates, not one per
+change. The App calls the service's small face API (each call only queues a
+command), reads ``snapshot()``/``stats()`` (copies under a lock) and does any
+database read in thread workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from textual import events, on, work
+from textual.app import App, ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header
+
+from core.errors import EmpsyncError
+from core.state import utcnow
+
+from . import messages as msg
+from .actions import ConsoleCommands, bindings
+from .bridge import Bridge, ConsoleLogHandler
+from .panes.changes import MAX_CHANGES, ChangesPane
+from .panes.log import MAX_LINES, LogView, log_text
+from .panes.stats import StatsPane
+from .panes.status import StatusPane
+from .screens.dialog import FieldDialog
+from .screens.filter import FilterScreen
+from .screens.help import HelpScreen
+from .screens.interval import IntervalScreen
+from .screens.rejects import RejectsScreen
+
+log = logging.getLogger("empsync.console")
+
+FLUSH_S = 0.2  # buffers reach the panes at 5 Hz
+TICK_S = 1.0  # the status pane's clock (countdowns, "2 min ago")
+STOP_TIMEOUT_S = 9.0
+TABLE_BUDGET = 4  # after a table update that took t, wait 4·t before the next: the table never hogs the loop
+NARROW_BELOW = 100  # columns
+
+
+class EmpsyncApp(App[int]):
+    """The console. ``service`` is a ``core.service.SyncService`` (or anything with its face API).
+
+    ``start_service=False`` leaves the service alone (it is already running, or
+    a fixed stand-in for rendering tests); ``clock`` gives naive-UTC "now" for
+    relative times and countdowns.
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "empsync"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    BINDINGS = bindings()
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+
+    def __init__(
+        self,
+        service: Any,
+        config: Any = None,
+        *,
+        start_service: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+        log_handler: ConsoleLogHandler | None = None,
+        api: Any = None,
+    ) -> None:
+        super().__init__()
+        self.service = service
+        self.config = config
+        self.start_service = start_service
+        self.clock = clock
+        self.api = api
+        self.bridge = Bridge(self)
+        self._log_handler = log_handler
+        self._own_log_handler: ConsoleLogHandler | None = None
+        self._saved_level: int | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._pending_log: list[msg.LogLine] = []
+        self._pending_changes: list[Any] = []
+        self._changes_due = 0.0
+        self._dirty = True
+        self.paused = False
+        self.quitting = False
+        self._history_loaded = False
+        self._rejects_screen: RejectsScreen | None = None
+        self._tty_fd: int | None = None
+        self._signals: list[int] = []
+        self._worker_lost = False
+        self.toasts: deque[str] = deque(maxlen=50)  # what notify() said, newest last
+        self.status_pane = StatusPane(id="status", classes="pane")
+        self.stats_pane = StatsPane(id="stats", classes="pane")
+        self.changes_pane = ChangesPane(id="changes", classes="pane")
+        self.log_pane = LogView(id="log", classes="pane")
+
+    # -- layout ---------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="≡")
+        with Horizontal(id="top"):
+            yield self.status_pane
+            yield self.stats_pane
+        yield self.changes_pane
+        yield self.log_pane
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._unsubscribe = self.service.subscribe(self.bridge.on_event)
+        self._attach_logs()
+        self.set_interval(FLUSH_S, self._flush_buffers, name="flush")
+        self.set_interval(TICK_S, self._tick, name="tick")
+        self._watch_terminal()
+        self._layout(self.size.width)
+        self._refresh_panes()
+        self.changes_pane.table.focus()
+        if self.start_service:
+            self.service.start()
+        else:
+            self._history_loaded = True
+            self._load_changes("")
+
+    def on_unmount(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._detach_logs()
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
+                loop.remove_signal_handler(sig)
+        except (RuntimeError, ValueError):
+            pass
+
+    def on_key(self, event: events.Key) -> None:
+        """A key typed right after i or / was sent to the main screen before the dialog opened."""
+        screen = self.screen
+        if isinstance(screen, FieldDialog) and event.is_printable and event.character:
+            event.stop()
+            screen.type_ahead(event.character)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._layout(event.size.width)
+
+    def _layout(self, width: int) -> None:
+        narrow = width < NARROW_BELOW
+        self.changes_pane.set_compact(narrow)
+        try:
+            self.query_one(Footer).show_command_palette = not narrow
+        except Exception:  # noqa: BLE001 - not composed yet
+            pass
+
+    # -- logs -----------------------------------------------------------------------
+
+    def _attach_logs(self) -> None:
+        if self._log_handler is None:
+            # Hosted by a test or another program: add our handler beside theirs.
+            self._own_log_handler = self._log_handler = ConsoleLogHandler()
+            logging.getLogger().addHandler(self._own_log_handler)
+            logger = logging.getLogger("empsync")
+            if logger.getEffectiveLevel() > logging.INFO:
+                self._saved_level = logger.level
+                logger.setLevel(logging.INFO)
+        self._log_handler.attach(self.bridge)
+
+    def _detach_logs(self) -> None:
+        if self._log_handler is not None:
+            self._log_handler.attach(None)
+        if self._own_log_handler is not None:
+            logging.getLogger().removeHandler(self._own_log_handler)
+            if self._saved_level is not None:
+                logging.getLogger("empsync").setLevel(self._saved_level)
+
+    def console_log(self, level: str, text: str, at: datetime | None = None) -> None:
+        """A line from the console itself, straight into the Log buffer."""
+        self._pending_log.append(msg.LogLine(at or self.clock(), level, "empsync.console", text))
+
+    # -- messages from other threads (handlers only buffer) ---------------------------
+
+    @on(msg.LogLine)
+    def _on_log_line(self, message: msg.LogLine) -> None:
+        self.bridge.handled()
+        self._pending_log.append(message)
+        if len(self._pending_log) > 2 * MAX_LINES:
+            del self._pending_log[:-MAX_LINES]
+
+    @on(msg.BatchApplied)
+    def _on_batch(self, message: msg.BatchApplied) -> None:
+        self.bridge.handled()
+        self._pending_changes.extend(message.changes)
+        if len(self._pending_changes) > 2 * MAX_CHANGES:
+            del self._pending_changes[:-MAX_CHANGES]
+        self._dirty = True
+
+    @on(msg.SyncStarted)
+    def _on_started(self, message: msg.SyncStarted) -> None:
+        self.bridge.handled()
+        self._dirty = True
+
+    @on(msg.SyncFinished)
+    def _on_finished(self, message: msg.SyncFinished) -> None:
+        self.bridge.handled()
+        self._dirty = True
+        result = message.result
+        if getattr(result, "trigger", "") == "console":
+            c = result.counts
+            written = c.inserted + c.updated + c.deleted
+            self.toast(
+                f"{'Force sync' if result.forced else 'Sync'} done: {c.fetched:,} read, {written:,} written, "
+                f"{c.rejected:,} rejected in {result.duration_ms / 1000:.1f} s"
+            )
+
+    @on(msg.SyncFailed)
+    def _on_failed(self, message: msg.SyncFailed) -> None:
+        self.bridge.handled()
+        self._dirty = True
+        if message.hint:
+            self.console_log("INFO", f"Hint: {message.hint}", message.at)
+        self.toast(message.error + (f"\n{message.hint}" if message.hint else ""), severity="error", title="Sync failed")
+
+    @on(msg.StatusChanged)
+    def _on_status(self, message: msg.StatusChanged) -> None:
+        self.bridge.handled()
+        self._dirty = True
+        level = "ERROR" if message.state == "error" else ("WARNING" if message.state == "standby" else "INFO")
+        if message.state != "syncing":  # a run already logs its own start
+            self.console_log(level, f"Status: {message.state}" + (f" ({message.detail})" if message.detail else ""))
+        if message.state == "paused":
+            self.paused = True
+            self.refresh_bindings()
+        elif message.state in ("idle", "listening"):
+            self.paused = False
+            self.refresh_bindings()
+        if not self._history_loaded and message.state not in ("starting", "error", "stopped"):
+            self._history_loaded = True  # the schema exists once the service has got this far
+            self._load_changes("")
+
+    @on(msg.ChangesLoaded)
+    def _on_changes_loaded(self, message: msg.ChangesLoaded) -> None:
+        self.changes_pane.load(message.rows, message.needle)
+
+    @on(msg.RejectsLoaded)
+    def _on_rejects_loaded(self, message: msg.RejectsLoaded) -> None:
+        screen = self._rejects_screen
+        if screen is not None and screen.is_attached:
+            screen.show(message.rows, message.error)
+
+    @on(msg.ServiceStopped)
+    def _on_service_stopped(self, message: msg.ServiceStopped) -> None:
+        if not message.clean:
+            log.warning("the current batch did not finish in time; exiting anyway (it is rolled back)")
+        self.exit(0)
+
+    # -- timers ---------------------------------------------------------------------
+
+    def _flush_buffers(self) -> None:
+        try:
+            dropped = self.bridge.take_dropped()
+            if dropped:
+                self.console_log("WARNING", f"{dropped:,} log lines dropped: the console was behind")
+            if self._pending_log:
+                pending, self._pending_log = self._pending_log, []
+                lines = []
+                for line in pending[-MAX_LINES:]:
+                    lines += log_text(line.at, line.level, line.text)
+                self.log_pane.add(lines[-MAX_LINES:])
+            now = time.monotonic()
+            if self._pending_changes and now >= self._changes_due:
+                pending, self._pending_changes = self._pending_changes, []
+                self.changes_pane.add(pending[-MAX_CHANGES:])
+                self._changes_due = now + min(2.0, TABLE_BUDGET * (time.monotonic() - now))
+            if self._dirty:
+                self._dirty = False
+                self._refresh_panes()
+        except Exception as exc:  # noqa: BLE001 - a rendering bug must not take the console (and the sync) down
+            log.exception("console: could not update the panes: %s", exc)
+
+    def _tick(self) -> None:
+        self._refresh_panes()
+        if self._tty_fd is not None and not self.quitting:
+            try:
+                gone = not os.isatty(self._tty_fd)
+            except OSError:
+                gone = True
+            if gone:
+                self.hang_up("the terminal went away")
+        alive = getattr(self.service, "alive", True)
+        if self.start_service and not alive and not self.quitting and not self._worker_lost:
+            self._worker_lost = True
+            log.error("the sync worker has stopped; press q to quit and restart empsync")
+            self.toast("The sync worker has stopped. Press q and restart empsync.", severity="error")
+
+    def _snapshot(self) -> dict[str, Any]:
+        try:
+            return self.service.snapshot()
+        except Exception as exc:  # noqa: BLE001 - the status must still render
+            return {"state": "error", "detail": f"cannot read the service status: {exc}"}
+
+    def _refresh_panes(self) -> None:
+        try:
+            snap = self._snapshot()
+            stats = self.service.stats()
+            state = snap.get("state")
+            if state == "paused" and not self.paused:
+                self.paused = True
+                self.refresh_bindings()
+            elif state in ("idle", "listening") and self.paused:
+                self.paused = False
+                self.refresh_bindings()
+            self.status_pane.show(snap, self.clock(), override="stopping" if self.quitting else None)
+            self.stats_pane.show(stats, snap)
+            self.sub_title = _where(snap, self.config)
+        except Exception as exc:  # noqa: BLE001 - see _flush
+            log.exception("console: could not update the status: %s", exc)
+
+    # -- the terminal going away (an SSH drop) ----------------------------------------
+
+    def _watch_terminal(self) -> None:
+        if self.is_headless:
+            return
+        try:
+            fd = sys.__stdin__.fileno()
+            if not os.isatty(fd):
+                return
+        except (AttributeError, OSError, ValueError):
+            return
+        self._tty_fd = fd
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.hang_up, f"received {sig.name}")
+                self._signals.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass
+
+    def hang_up(self, reason: str) -> None:
+        log.warning("%s: stopping the service and exiting", reason)
+        self._tty_fd = None
+        self.action_quit()
+
+    # -- actions ------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "pause":
+            return not self.paused
+        if action == "resume":
+            return self.paused
+        if action == "clear_filter":
+            return bool(self.changes_pane.needle)
+        return True
+
+    def toast(self, message: str, *, severity: str = "information", title: str = "", timeout: float = 6) -> None:
+        self.toasts.append(message)
+        self.notify(message, title=title, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
+
+    def _queue_run(self, force: bool) -> None:
+        try:
+            ticket = self.service.force_sync("console") if force else self.service.sync_now("console")
+        except EmpsyncError as exc:
+            self.toast(exc.message, severity="error")
+            return
+        snap = self._snapshot()
+        what = "Force sync" if force else "Sync"
+        if not snap.get("is_leader"):
+            note = "; it runs once this console leads (another process holds the lock)"
+        elif snap.get("current_run"):
+            note = "; it starts when the current run ends"
+        else:
+            note = ""
+        self.toast(f"{what} queued (#{ticket.request_id}){note}")
+        self._dirty = True
+
+    def action_force_sync(self) -> None:
+        self._queue_run(force=True)
+
+    def action_sync_now(self) -> None:
+        self._queue_run(force=False)
+
+    def action_edit_interval(self) -> None:
+        if isinstance(self.screen, IntervalScreen):
+            return
+        self.push_screen(IntervalScreen(self._snapshot().get("interval")), self._interval_chosen)
+
+    def _interval_chosen(self, seconds: int | None) -> None:
+        if seconds is None:
+            return
+        try:
+            self.service.set_interval(seconds)
+        except EmpsyncError as exc:
+            self.toast(exc.message, severity="error")
+            return
+        self.toast(f"Interval set to {seconds:,} s (stored in the database; `empsync interval --reset` undoes it)")
+        self._dirty = True
+
+    def action_pause(self) -> None:
+        self.service.pause()
+        self.paused = True
+        self.refresh_bindings()
+        self.toast("Scheduled syncs paused. Press p to resume (f and s still sync at once).", title="Paused")
+        self._dirty = True
+
+    def action_resume(self) -> None:
+        self.service.resume()
+        self.paused = False
+        self.refresh_bindings()
+        self.toast("Scheduled syncs resumed.")
+        self._dirty = True
+
+    def action_filter(self) -> None:
+        if isinstance(self.screen, FilterScreen):
+            return
+        self.push_screen(FilterScreen(self.changes_pane.needle), self._filter_chosen)
+
+    def _filter_chosen(self, needle: str | None) -> None:
+        if needle is None:
+            return
+        self.changes_pane.set_filter(needle)
+        if needle:
+            self._load_changes(needle)  # older matches from the database, beyond the in-memory window
+
+    def action_clear_filter(self) -> None:
+        self.changes_pane.set_filter("")
+
+    def action_rejects(self) -> None:
+        if isinstance(self.screen, RejectsScreen):
+            return
+        self._rejects_screen = RejectsScreen()
+        self.push_screen(self._rejects_screen)
+        self._load_rejects()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_quit(self) -> None:  # type: ignore[override] - also called from signal handlers
+        if self.quitting:
+            self.toast("Still stopping the service…")
+            return
+        self.quitting = True
+        self.toast("Stopping the sync service and releasing the lock…", timeout=30)
+        self._refresh_panes()
+        self._stop_service()
+
+    # -- thread workers (database reads, the blocking stop) ------------------------------
+
+    def _state(self) -> Any:
+        engine = getattr(self.service, "engine", None)
+        return getattr(engine, "state", None)
+
+    @work(thread=True, exclusive=True, group="changes", exit_on_error=False)
+    def _load_changes(self, needle: str) -> None:
+        state = self._state()
+        if state is None:
+            return
+        try:
+            rows = state.recent_changes(limit=MAX_CHANGES, needle=needle)
+        except EmpsyncError as exc:
+            log.warning("could not read recent changes: %s", exc.message)
+            if not needle:
+                self._history_loaded = False  # try again on the next status change
+            return
+        self.post_message(msg.ChangesLoaded(rows, needle))
+
+    @work(thread=True, exclusive=True, group="rejects", exit_on_error=False)
+    def _load_rejects(self) -> None:
+        state = self._state()
+        if state is None:
+            self.post_message(msg.RejectsLoaded([], "this console has no database to read"))
+            return
+        try:
+            rows = state.rejects()
+        except EmpsyncError as exc:
+            self.post_message(msg.RejectsLoaded([], exc.message))
+            return
+        self.post_message(msg.RejectsLoaded(rows))
+
+    @work(thread=True, exclusive=True, group="stop", exit_on_error=False)
+    def _stop_service(self) -> None:
+        if self.api is not None:
+            try:
+                self.api.stop()
+            except Exception:  # noqa: BLE001 - the API's socket is closed with the process anyway
+                pass
+        try:
+            clean = self.service.stop(STOP_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - quitting must always quit
+            log.exception("stopping the service failed")
+            clean = False
+        self.post_message(msg.ServiceStopped(bool(clean)))
+
+
+def _where(snap: dict[str, Any], config: Any) -> str:
+    """The header's "connected to": project/collection → target (password masked)."""
+    source = snap.get("source") or {}
+    project = source.get("project") or getattr(getattr(config, "source", None), "project", "")
+    collection = source.get("collection") or getattr(getattr(config, "source", None), "collection", "")
+    target = snap.get("target")
+    if not target and config is not None:
+        from core.config import mask_url
+
+        target = mask_url(config.target.url)
+    return f"{project}/{collection} → {target or '?'}"
+
+
+def run_console(config: Any) -> int:
+    """``empsync`` with no command: the service hosted by the console, until q (exit code returned)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("empsync: the console needs a terminal on stdin and stdout", file=sys.stderr)
+        print("  hint: run `empsync --no-ui` for the headless service, or a one-shot command", file=sys.stderr)
+        return 2
+    from core.logs import configure
+    from core.service import SyncService
+
+    root = logging.getLogger()
+    # configure() sets levels and quiets chatty libraries; its stderr handler is swapped for the
+    # console's own, since anything written to stderr would scribble over the screen.
+    root.removeHandler(configure(level=logging.INFO))
+    handler = ConsoleLogHandler()
+    root.addHandler(handler)
+    api = None
+    service = SyncService(config)
+    try:
+        if config.api.enabled:
+            from core.api import ControlApi
+
+            try:
+                api = ControlApi(service, config.api).start()
+            except OSError as exc:
+                raise EmpsyncError(
+                    f"the control API cannot listen on {config.api.host}:{config.api.port} ({exc.strerror or exc})",
+                    "set [api] port to a free port, or [api] enabled = false",
+                ) from None
+        app = EmpsyncApp(service, config, log_handler=handler, api=api)
+        app.run()
+        return app.return_code or 0
+    finally:
+        root.removeHandler(handler)
+        configure(level=logging.WARNING)  # the screen is gone: late warnings may use the terminal again
+        if api is not None and service.alive:
+            api.stop()
+        if service.alive and not service.stop(STOP_TIMEOUT_S):
+            log.warning("the current batch did not finish in time; exiting anyway (it is rolled back)")

@@ -1,0 +1,75 @@
+"""The Stats pane: totals, Firestore reads against a naive full read, and recent run durations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Sparkline, Static
+
+from .. import format as fmt
+
+LABEL = "dim"
+
+
+class StatsPane(Vertical):
+    DEFAULT_CSS = """
+    StatsPane { height: auto; }
+    StatsPane #stats-text { height: auto; }
+    StatsPane #durations-row { height: 1; }
+    StatsPane #last-duration { width: auto; padding-right: 1; }
+    StatsPane Sparkline { width: 1fr; height: 1; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "Stats"
+        self.text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="stats-text")
+        with Horizontal(id="durations-row"):
+            yield Static("Last —", id="last-duration")
+            yield Sparkline([], summary_function=max, id="durations")
+
+    def show(self, stats: dict[str, Any], snap: dict[str, Any]) -> None:
+        rows, saved = stat_rows(stats, snap)
+        grid = Table.grid(padding=(0, 1))
+        for justify, style in (("left", LABEL), ("right", ""), ("left", LABEL), ("right", "")):
+            grid.add_column(justify=justify, style=style, no_wrap=True)
+        for row in rows:
+            grid.add_row(*row)
+        self.query_one("#stats-text", Static).update(grid)
+        self.border_subtitle = saved
+        last = Text("Last ", style=LABEL)
+        last.append(fmt.duration_ms(stats.get("last_duration_ms")))
+        self.query_one("#last-duration", Static).update(last)
+        durations = [float(d) for d in (stats.get("recent_durations_ms") or []) if d is not None]
+        sparkline = self.query_one(Sparkline)
+        if list(sparkline.data or []) != durations:
+            sparkline.data = durations
+        lines = [" ".join(str(cell) for cell in row) for row in rows]
+        self.text = "\n".join([*lines, last.plain, saved])
+
+
+def stat_rows(stats: dict[str, Any], snap: dict[str, Any]) -> tuple[list[tuple[str, Text, str, Text]], str]:
+    """The grid's rows, and a line on what incremental reads saved (for the border)."""
+
+    def n(key: str, style: str = "") -> Text:
+        value = stats.get(key)
+        return Text(fmt.compact(value), style=style if value else "")
+
+    by_status = stats.get("runs_by_status") or {}
+    failed = int(by_status.get("failed") or 0) + int(by_status.get("interrupted") or 0)
+    rows = [
+        ("Runs", n("runs"), "Failed", Text(fmt.compact(failed), style="red" if failed else "")),
+        ("Inserted", n("inserted"), "Updated", n("updated")),
+        ("Deleted", n("deleted"), "Unchanged", n("unchanged")),
+        ("Rejects", n("rejects_open", "yellow"), "Rows", Text(fmt.compact(stats.get("rows", snap.get("rows"))))),
+        ("Reads", n("firestore_reads"), "Naive", n("naive_reads")),
+    ]
+    saved = stats.get("reads_saved_pct")
+    return rows, (f"{saved:g}% fewer reads" if saved is not None else "")

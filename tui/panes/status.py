@@ -1,0 +1,167 @@
+"""The Status pane: what the service is doing, when it last synced and syncs next, where to."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from .. import format as fmt
+
+# State → (symbol, style). The word is always shown too: colour is never the only cue (NO_COLOR).
+STATES: dict[str, tuple[str, str]] = {
+    "idle": ("●", "bold green"),
+    "syncing": ("⟳", "bold cyan"),
+    "listening": ("●", "bold green"),
+    "paused": ("‖", "bold yellow"),
+    "disabled": ("○", "bold"),
+    "standby": ("◌", "bold magenta"),
+    "error": ("✖", "bold red"),
+    "reconnecting": ("⟳", "bold yellow"),
+    "starting": ("…", "bold"),
+    "stopping": ("…", "bold yellow"),
+    "stopped": ("■", "bold"),
+}
+LABEL = "dim"
+
+
+class StatusPane(Static):
+    """Rendered from ``service.snapshot()`` and the clock, once a second and on every status change."""
+
+    DEFAULT_CSS = """
+    StatusPane { height: auto; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "Status"
+        self.text = ""  # the plain text last shown, for tests and screen readers
+
+    def show(self, snap: dict[str, Any], now: datetime, *, override: str | None = None) -> None:
+        lines = rows(snap, override or effective_state(snap), now)
+        self.text = "\n".join(f"{label} {value.plain}" for label, value in lines)
+        grid = Table.grid(padding=(0, 1), expand=True)
+        grid.add_column(style=LABEL, no_wrap=True, width=5)
+        grid.add_column(ratio=1, overflow="fold")
+        for label, value in lines:
+            grid.add_row(label, value)
+        self.update(grid)
+
+
+def rows(snap: dict[str, Any], state: str, now: datetime) -> list[tuple[str, Text]]:
+    out: list[tuple[str, Text]] = [("State", state_text(snap, state))]
+    error = _error_text(snap, state)
+    if error is not None:
+        out.append(("Error", error))
+
+    last = fmt.parse_time(snap.get("last_sync_at"))
+    last_status = (snap.get("last_result") or {}).get("status") or snap.get("last_status")
+    line = Text()
+    if last is None:
+        line.append("never")
+    else:
+        if last_status:
+            line.append(f"{last_status} ", style="green" if last_status == "ok" else "red")
+        line.append(fmt.ago(last, now))
+        line.append(f" · {fmt.absolute(last, now)}", style="dim")
+    out.append(("Last", line))
+
+    out.append(("Next", _next_text(snap, state, now)))
+
+    interval, source = snap.get("interval"), snap.get("interval_source")
+    every = Text(f"{fmt.number(interval)} s" if interval else "—")
+    if source:
+        every.append(f" ({source})", style="dim")
+    force = snap.get("force_interval")
+    if force:
+        every.append(f" · force {fmt.number(force)} s")
+    out.append(("Every", every))
+
+    mode = Text(str(snap.get("mode") or "—"))
+    mode.append(" · ")
+    mode.append_text(_leader_text(snap))
+    out.append(("Mode", mode))
+
+    src = snap.get("source") or {}
+    where = Text(f"{src.get('project') or '—'} / {src.get('collection') or '—'}")
+    if src.get("database") not in (None, "", "(default)"):
+        where.append(f" (database {src['database']})", style="dim")
+    if src.get("emulator_host"):
+        where.append(f" · emulator {src['emulator_host']}", style="dim")
+    out.append(("From", where))
+
+    target = Text(str(snap.get("target") or "—"))
+    if snap.get("table"):
+        target.append(f" · {snap['table']}", style="dim")
+    out.append(("To", target))
+    return out
+
+
+def effective_state(snap: dict[str, Any]) -> str:
+    """The service's state, except that a run in progress always reads as syncing.
+
+    (Pausing during a run sets the service's state to paused at once; the run
+    itself carries on to its end, and the operator should see that.)
+    """
+    state = snap.get("state") or "starting"
+    if snap.get("current_run") and state in ("idle", "paused", "disabled"):
+        return "syncing"
+    return state
+
+
+def state_text(snap: dict[str, Any], state: str) -> Text:
+    symbol, style = STATES.get(state, ("●", "bold"))
+    text = Text(f"{symbol} {state.upper()}", style=style)
+    run = snap.get("current_run")
+    if state == "syncing" and run:
+        counts = run.get("counts") or {}
+        text.append(f"  {run.get('kind', '')} run")
+        if run.get("run_id"):
+            text.append(f" #{run['run_id']}")
+        fetched = counts.get("fetched")
+        if fetched is not None:
+            written = sum(int(counts.get(k) or 0) for k in ("inserted", "updated", "deleted"))
+            text.append(f" · {fmt.number(fetched)} read, {fmt.number(written)} written", style="cyan")
+        if snap.get("state") == "paused":
+            text.append(" · then paused", style="yellow")
+    elif snap.get("detail") and state not in ("error",):
+        text.append(f"  {snap['detail']}", style="dim")
+    return text
+
+
+def _error_text(snap: dict[str, Any], state: str) -> Text | None:
+    if state == "error":
+        return Text(str(snap.get("detail") or snap.get("last_error") or "unknown error"), style="red")
+    result = snap.get("last_result") or {}
+    if result.get("status") == "failed":
+        return Text(str(result.get("reason") or "the last run failed"), style="red")
+    return None
+
+
+def _next_text(snap: dict[str, Any], state: str, now: datetime) -> Text:
+    if "paused" in (state, snap.get("state")):
+        return Text("paused: press p to resume", style="yellow")
+    if state == "disabled":
+        return Text("sync disabled ([sync] enabled = false)", style="dim")
+    if state == "standby":
+        return Text("another process syncs; this console waits", style="dim")
+    retry = fmt.parse_time(snap.get("retry_at")) if snap.get("failures") else None
+    if retry is not None:
+        return Text(f"retry {fmt.countdown(retry, now)} (attempt {int(snap['failures']) + 1})", style="yellow")
+    text = Text(fmt.countdown(fmt.parse_time(snap.get("next_sync_at")), now), style="bold")
+    force = fmt.parse_time(snap.get("next_force_sync_at"))
+    if force is not None:
+        text.append(f" · force {fmt.countdown(force, now)}")
+    return text
+
+
+def _leader_text(snap: dict[str, Any]) -> Text:
+    if snap.get("is_leader"):
+        return Text("leader: this console", style="green")
+    leader = snap.get("leader")
+    if leader and leader != snap.get("service"):
+        return Text(f"standby, leader {leader}", style="magenta")
+    return Text("not leading", style="dim")
