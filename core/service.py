@@ -535,6 +535,13 @@ class SyncService:
         elif isinstance(event, (SyncFinished, SyncFailed)):
             with self._snapshot_lock:
                 self._live["current_run"] = None
+                if isinstance(event, SyncFinished) and not event.result.dry_run:
+                    # What the database now says, without waiting for the next status refresh.
+                    stamp = iso(event.result.started_at)
+                    self._db_status["last_sync_at"] = stamp
+                    self._db_status["last_status"] = "ok"
+                    if event.result.forced:
+                        self._db_status["last_force_sync_at"] = stamp
 
 
 def _next(last_iso: str | None, every: int) -> datetime:
