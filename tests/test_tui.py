@@ -27,6 +27,8 @@ from textual import events
 from core.events import BatchApplied, ChangeRecord
 from core.lock import make_lock
 from core.service import SyncService
+from core.state import utcnow
+from tui import format as fmt
 from tui.app import EmpsyncApp
 from tui.messages import LogLine
 from tui.panes.changes import MAX_CHANGES
@@ -94,7 +96,8 @@ async def test_force_sync_shows_in_status_stats_and_log(make_config, mysql_url, 
 
         await until(pilot, forced, "the forced run")
         await until(pilot, lambda: "IDLE" in app.status_pane.text, "Status to be idle again")
-        assert "ok just now" in app.status_pane.text
+        stamp = fmt.absolute(fmt.parse_time(service.snapshot()["last_sync_at"]), utcnow())
+        assert f"· {stamp}" in app.status_pane.text  # the forced run's time, as Last
         await until(pilot, lambda: "Runs 2" in app.stats_pane.text, "Stats to count both runs")
         assert "Inserted 30" in app.stats_pane.text and "Unchanged 30" in app.stats_pane.text
 

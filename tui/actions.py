@@ -44,7 +44,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
 # Keys that are not actions of their own but that an operator needs to know.
 OTHER_KEYS: tuple[tuple[str, str], ...] = (
     ("Tab / Shift+Tab", "move between Recent changes and Log"),
-    ("↑ ↓ PgUp PgDn Home End", "scroll the focused pane (the Log stops following while scrolled up)"),
+    ("↑ ↓ PgUp PgDn", "scroll the focused pane; Home/End jump; the Log stops following while scrolled up"),
     ("← →", "scroll sideways for long lines"),
     ("Esc", "close a dialog or screen; on the main screen, clear the filter"),
     ("Ctrl+P", "command palette: every action above, by name"),

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -98,6 +99,8 @@ class EmpsyncApp(App[int]):
         self._rejects_screen: RejectsScreen | None = None
         self._tty_fd: int | None = None
         self._signals: list[int] = []
+        self._old_sighup: Any = None
+        self._hung_up = False
         self._worker_lost = False
         self.toasts: deque[str] = deque(maxlen=50)  # what notify() said, newest last
         self.status_pane = StatusPane(id="status", classes="pane")
@@ -139,6 +142,8 @@ class EmpsyncApp(App[int]):
             loop = asyncio.get_running_loop()
             for sig in self._signals:
                 loop.remove_signal_handler(sig)
+            if self._old_sighup is not None and not self._hung_up:
+                signal.signal(signal.SIGHUP, self._old_sighup)
         except (RuntimeError, ValueError):
             pass
 
@@ -156,9 +161,12 @@ class EmpsyncApp(App[int]):
         narrow = width < NARROW_BELOW
         self.changes_pane.set_compact(narrow)
         try:
-            self.query_one(Footer).show_command_palette = not narrow
-        except Exception:  # noqa: BLE001 - not composed yet
-            pass
+            footer = self.screen.query_one(Footer)
+        except Exception:  # noqa: BLE001 - not composed yet, or a screen without a footer
+            return
+        if footer.show_command_palette == narrow:  # the footer only reads it when it recomposes
+            footer.show_command_palette = not narrow
+            footer.refresh(recompose=True)
 
     # -- logs -----------------------------------------------------------------------
 
@@ -293,7 +301,7 @@ class EmpsyncApp(App[int]):
             except OSError:
                 gone = True
             if gone:
-                self.hang_up("the terminal went away")
+                self.hang_up("stdin is no longer a terminal")
         alive = getattr(self.service, "alive", True)
         if self.start_service and not alive and not self.quitting and not self._worker_lost:
             self._worker_lost = True
@@ -324,6 +332,11 @@ class EmpsyncApp(App[int]):
             log.exception("console: could not update the status: %s", exc)
 
     # -- the terminal going away (an SSH drop) ----------------------------------------
+    #
+    # Once the terminal has hung up, Textual's writer thread dies on its first write and the
+    # next frames block the event loop for good; so a hang-up does not go through the App at
+    # all. A plain thread stops the service (the lock is released) and ends the process.
+    # SIGTERM, with the terminal still there, quits the ordinary way.
 
     def _watch_terminal(self) -> None:
         if self.is_headless:
@@ -335,18 +348,36 @@ class EmpsyncApp(App[int]):
         except (AttributeError, OSError, ValueError):
             return
         self._tty_fd = fd
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGHUP, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.hang_up, f"received {sig.name}")
-                self._signals.append(sig)
-            except (RuntimeError, ValueError, NotImplementedError):
-                pass
+        try:
+            self._old_sighup = signal.signal(signal.SIGHUP, lambda signum, frame: self.hang_up("received SIGHUP"))
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminated)
+            self._signals.append(signal.SIGTERM)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: no signals
+            pass
+
+    def _terminated(self) -> None:
+        log.warning("received SIGTERM: stopping the service and exiting")
+        self.action_quit()
 
     def hang_up(self, reason: str) -> None:
-        log.warning("%s: stopping the service and exiting", reason)
-        self._tty_fd = None
-        self.action_quit()
+        """The terminal is gone: stop the service on a thread of its own, then end the process."""
+        if self._hung_up:
+            return
+        self._hung_up, self._tty_fd = True, None
+        threading.Thread(target=self._stop_and_exit, args=(reason,), name="empsync-hangup", daemon=True).start()
+
+    def _stop_and_exit(self, reason: str) -> None:
+        log.warning("%s: the terminal went away; stopping the service and exiting", reason)
+        if self.api is not None:
+            try:
+                self.api.stop()
+            except Exception:  # noqa: BLE001 - closed with the process anyway
+                pass
+        clean = False
+        try:
+            clean = bool(self.service.stop(STOP_TIMEOUT_S))
+        finally:
+            os._exit(0 if clean else 1)  # nothing can be drawn or restored on a terminal that is gone
 
     # -- actions ------------------------------------------------------------------------
 
@@ -436,6 +467,7 @@ class EmpsyncApp(App[int]):
             return
         self._rejects_screen = RejectsScreen()
         self.push_screen(self._rejects_screen)
+        self.call_after_refresh(self._layout, self.size.width)  # its footer, too
         self._load_rejects()
 
     def action_help(self) -> None:

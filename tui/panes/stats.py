@@ -48,6 +48,8 @@ class StatsPane(Vertical):
         last.append(fmt.duration_ms(stats.get("last_duration_ms")))
         self.query_one("#last-duration", Static).update(last)
         durations = [float(d) for d in (stats.get("recent_durations_ms") or []) if d is not None]
+        if len(durations) < 2:
+            durations = []  # one bar across the whole width says nothing
         sparkline = self.query_one(Sparkline)
         if list(sparkline.data or []) != durations:
             sparkline.data = durations

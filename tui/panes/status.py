@@ -58,13 +58,10 @@ def rows(snap: dict[str, Any], state: str, now: datetime) -> list[tuple[str, Tex
         out.append(("Error", error))
 
     last = fmt.parse_time(snap.get("last_sync_at"))
-    last_status = (snap.get("last_result") or {}).get("status") or snap.get("last_status")
-    line = Text()
+    line = Text()  # the last run that succeeded; a failure since then is the Error row
     if last is None:
         line.append("never")
     else:
-        if last_status:
-            line.append(f"{last_status} ", style="green" if last_status == "ok" else "red")
         line.append(fmt.ago(last, now))
         line.append(f" · {fmt.absolute(last, now)}", style="dim")
     out.append(("Last", line))
@@ -135,9 +132,13 @@ def state_text(snap: dict[str, Any], state: str) -> Text:
 def _error_text(snap: dict[str, Any], state: str) -> Text | None:
     if state == "error":
         return Text(str(snap.get("detail") or snap.get("last_error") or "unknown error"), style="red")
-    result = snap.get("last_result") or {}
-    if result.get("status") == "failed":
-        return Text(str(result.get("reason") or "the last run failed"), style="red")
+    result = snap.get("last_result")
+    if result is not None:
+        if result.get("status") == "failed":
+            return Text(f"last run failed: {result.get('reason') or 'no reason given'}", style="red")
+        return None
+    if snap.get("last_status") == "failed":  # before this console's first run: the database's word
+        return Text(f"last run failed: {snap.get('last_error') or 'no reason given'}", style="red")
     return None
 
 
