@@ -187,7 +187,8 @@ class SyncEngine:
         own_lock: SyncLock | None = None
         try:
             self.db.ensure_schema()
-            if when_due and not force and (reason := self.not_due_reason()):
+            # A dry run answers "what would change now?": it is never "not due".
+            if when_due and not force and not dry_run and (reason := self.not_due_reason()):
                 result.status, result.reason = "skipped", reason
                 return result
             if lock is None:
@@ -206,6 +207,11 @@ class SyncEngine:
                 exc.hint,
                 exc.exit_code,
             )
+        except Cancelled as exc:
+            # Asked to stop (shutdown): whole batches are kept, nothing failed.
+            log.info("Employee sync stopped before it ended; the next run carries on from the last batch")
+            result.status, result.reason, result.hint, result.exit_code = "failed", exc.message, exc.hint, exc.exit_code
+            return result
         except EmpsyncError as exc:
             result.status, result.reason, result.hint, result.exit_code = "failed", exc.message, exc.hint, exc.exit_code
         except Exception as exc:  # noqa: BLE001 - a bug must fail the run, not the thread hosting it
@@ -215,7 +221,7 @@ class SyncEngine:
             if own_lock is not None:
                 own_lock.release()
             result.duration_ms = int((time.monotonic() - started) * 1000)
-        if result.status == "failed":
+        if result.status == "failed" and not dry_run:
             self._record_failure(result)
         return result
 
