@@ -23,6 +23,7 @@ import pytest
 from pytest_textual_snapshot import SVGImageExtension
 from sqlalchemy import create_engine
 from textual import events
+from textual.command import CommandList, CommandPalette
 
 from core.events import BatchApplied, ChangeRecord
 from core.lock import make_lock
@@ -194,7 +195,11 @@ async def test_p_pauses_and_resumes_with_a_toast(make_config, sqlite_url):
         await until(pilot, lambda: "PAUSED" in app.status_pane.text, "Status to say paused")
         assert service.engine.state.get("paused") == "1"
         assert app.check_action("resume", ()) and not app.check_action("pause", ())
-        await pilot.press("p")
+        await pilot.press("ctrl+p")  # the command palette offers the same actions, by name
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press(*"resume")
+        await until(pilot, lambda: app.screen.query_one(CommandList).option_count, "the palette's matches")
+        await pilot.press("enter")
         await until(pilot, lambda: service.snapshot()["state"] == "idle", "the service to resume")
         assert service.engine.state.get("paused") == "0"
         await until(pilot, lambda: "IDLE" in app.status_pane.text, "Status to say idle")
@@ -343,6 +348,26 @@ async def test_errors_show_in_status_and_log_without_a_crash(make_config):
         await pilot.pause()
         assert app.screen.summary.startswith("Could not read the rejects")
         await pilot.press("escape", "q")
+    service.stop()
+
+
+@pytest.mark.integration
+async def test_firestore_down_shows_as_an_error_and_the_console_carries_on(make_config, sqlite_url):
+    config = make_config(sqlite_url, source={"emulator_host": "127.0.0.1:1", "timeout": 3})
+    app, service = console(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: (service.snapshot().get("last_result") or {}).get("status") == "failed", "a run")
+        await until(pilot, lambda: "last run failed" in app.status_pane.text, "Status to show the failure")
+        await until(
+            pilot,
+            lambda: any("Employee sync failed" in line for line in app.log_pane.text_lines()),
+            "the Log to show the failure",
+        )
+        reason = service.snapshot()["last_result"]["reason"]
+        assert any(t.startswith(reason) for t in app.toasts)  # a toast named the cause
+        await pilot.press("question_mark", "escape", "p")  # still answering
+        assert app.paused
+        await pilot.press("q")
     service.stop()
 
 

@@ -51,6 +51,7 @@ TICK_S = 1.0  # the status pane's clock (countdowns, "2 min ago")
 STOP_TIMEOUT_S = 9.0
 TABLE_BUDGET = 4  # after a table update that took t, wait 4·t before the next: the table never hogs the loop
 NARROW_BELOW = 100  # columns
+ROUTINE = ("starting", "syncing", "idle")  # idle after these is not news in the Log
 
 
 class EmpsyncApp(App[int]):
@@ -101,6 +102,7 @@ class EmpsyncApp(App[int]):
         self._signals: list[int] = []
         self._old_sighup: Any = None
         self._hung_up = False
+        self._last_state = "starting"
         self._worker_lost = False
         self.toasts: deque[str] = deque(maxlen=50)  # what notify() said, newest last
         self.status_pane = StatusPane(id="status", classes="pane")
@@ -241,8 +243,10 @@ class EmpsyncApp(App[int]):
         self.bridge.handled()
         self._dirty = True
         level = "ERROR" if message.state == "error" else ("WARNING" if message.state == "standby" else "INFO")
-        if message.state != "syncing":  # a run already logs its own start
+        routine = message.state == "syncing" or (message.state == "idle" and self._last_state in ROUTINE)
+        if not routine:  # a run logs its own start and end; the Log says when something else happens
             self.console_log(level, f"Status: {message.state}" + (f" ({message.detail})" if message.detail else ""))
+        self._last_state = message.state
         if message.state == "paused":
             self.paused = True
             self.refresh_bindings()
