@@ -259,6 +259,10 @@ class EmpsyncApp(App[int]):
 
     @on(msg.ChangesLoaded)
     def _on_changes_loaded(self, message: msg.ChangesLoaded) -> None:
+        if message.rows is None:  # the read failed
+            if not message.needle:
+                self._history_loaded = False  # try again on the next status change
+            return
         self.changes_pane.load(message.rows, message.needle)
 
     @on(msg.RejectsLoaded)
@@ -502,8 +506,7 @@ class EmpsyncApp(App[int]):
             rows = state.recent_changes(limit=MAX_CHANGES, needle=needle)
         except EmpsyncError as exc:
             log.warning("could not read recent changes: %s", exc.message)
-            if not needle:
-                self._history_loaded = False  # try again on the next status change
+            self.post_message(msg.ChangesLoaded(None, needle))
             return
         self.post_message(msg.ChangesLoaded(rows, needle))
 

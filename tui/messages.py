@@ -89,9 +89,9 @@ def from_event(event: core.Event) -> ServiceMessage | None:
 
 
 class ChangesLoaded(Message):
-    """Recent changes read from the database by a thread worker (start-up or a filter)."""
+    """Recent changes read from the database by a thread worker (start-up or a filter); None: it failed."""
 
-    def __init__(self, rows: list[dict[str, Any]], needle: str) -> None:
+    def __init__(self, rows: list[dict[str, Any]] | None, needle: str) -> None:
         super().__init__()
         self.rows, self.needle = rows, needle
 
