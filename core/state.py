@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .config import DELETED_AT_COLUMN, check_interval
@@ -209,7 +209,9 @@ class State:
     def totals(self, conn: Connection) -> dict[str, Any]:
         runs = self.t.runs
         sums = [func.coalesce(func.sum(runs.c[c]), 0).label(c) for c in RUN_COUNTERS]
-        row = conn.execute(select(func.count().label("runs"), *sums).where(runs.c.status != "running")).mappings().one()
+        # The counters of a run still going (a listen session) are committed work: they count.
+        finished = func.coalesce(func.sum(case((runs.c.status != "running", 1), else_=0)), 0).label("runs")
+        row = conn.execute(select(finished, *sums)).mappings().one()
         by_status = dict(conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all())
         return {**{k: int(v) for k, v in row.items()}, "by_status": {k: int(v) for k, v in by_status.items()}}
 
