@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS, help="run the demo headless")
     p.add_argument("--employees", type=int, default=300, metavar="N", help="how many sample employees (default 300)")
     p.add_argument("--emulator-host", metavar="HOST:PORT", help="use a running emulator instead of starting one")
+    p.add_argument(
+        "--pace", type=float, default=1.0, metavar="SECONDS", help="average seconds between app edits (default 1)"
+    )
     return parser
 
 

@@ -15,6 +15,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,56 +62,94 @@ def demo_config(emulator_host: str, target_url: str) -> cfg.Config:
     )
 
 
+@dataclass
+class DemoEnvironment:
+    config: cfg.Config
+    app: MobileApp
+    emulator_host: str
+
+
+@contextmanager
+def demo_environment(
+    employees: int, *, emulator_host: str | None = None, target_url: str | None = None, pace_s: float = 1.0
+) -> Iterator[DemoEnvironment]:
+    """An emulator (ours unless ``emulator_host``), seeded, with the simulated app running.
+
+    Everything it started is stopped on exit, whatever ends the block.
+    """
+    emulator = None
+    workdir = Path(tempfile.mkdtemp(prefix="empsync-demo-"))
+    client = app = None
+    try:
+        host = emulator_host
+        if host is None:
+            print("starting the Firestore emulator…", file=sys.stderr)
+            emulator = Emulator(log_path=workdir / "emulator.log").start()
+            host = emulator.host
+        target = target_url or os.environ.get("EMPSYNC_TARGET_URL") or f"sqlite:///{workdir / 'demo.db'}"
+        config = demo_config(host, target)
+        client = make_client(config)
+        print(f"seeding {employees} employees into {host} (project {PROJECT})…", file=sys.stderr)
+        seed(client, employees)
+        app = MobileApp(client, start_count=employees, pace_s=pace_s).start()
+        yield DemoEnvironment(config, app, host)
+    finally:
+        if app is not None:
+            app.stop()
+            print(f"demo stopped: the simulated app made {app.writes} writes ({app.invalid} invalid)", file=sys.stderr)
+        if client is not None:
+            client.close()
+        if emulator is not None:
+            emulator.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """The demo's whole life: start, seed, simulate, sync, then stop everything."""
+    """``empsync demo``: the environment above, then the console (or the headless service)."""
     if args.employees < 1:
         raise cfg.ConfigError("--employees", "must be at least 1")
-    emulator = None
-    host = args.emulator_host
-    if host is None:
-        print("starting the Firestore emulator…", file=sys.stderr)
-        emulator = Emulator(die_with_parent=not args.seed_only).start()
-        host = emulator.host
-    seed_config = demo_config(host, "sqlite://")
-    client = make_client(seed_config)
-    print(f"seeding {args.employees} employees into {host} (project {PROJECT})…", file=sys.stderr)
-    seed(client, args.employees)
-
+    if args.pace <= 0:
+        raise cfg.ConfigError("--pace", "must be a positive number of seconds")
     if args.seed_only:
-        client.close()
-        if emulator is not None:
-            print(
-                f"emulator left running at {host} (pid {emulator.process.pid}); stop it with: kill {emulator.process.pid}\n"
-                f'point a sync.toml at it: [source] project = "{PROJECT}", emulator_host = "{host}"'
-            )
-        return 0
-
-    workdir = Path(tempfile.mkdtemp(prefix="empsync-demo-"))
-    target = (
-        getattr(args, "target_url", None) or os.environ.get("EMPSYNC_TARGET_URL") or f"sqlite:///{workdir / 'demo.db'}"
-    )
-    config = demo_config(host, target)
-    app = MobileApp(client, start_count=args.employees).start()
+        return seed_only(args)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        if getattr(args, "no_ui", False):
-            from .headless import run_headless
+        with demo_environment(
+            args.employees,
+            emulator_host=args.emulator_host,
+            target_url=getattr(args, "target_url", None),
+            pace_s=args.pace,
+        ) as demo:
+            if getattr(args, "no_ui", False):
+                from .headless import run_headless
 
-            print(f"syncing into {cfg.mask_url(target)}; Ctrl-C stops the demo", file=sys.stderr)
-            return run_headless(config)
-        from tui.app import run_console
+                print(f"syncing into {cfg.mask_url(demo.config.target.url)}; Ctrl-C stops the demo", file=sys.stderr)
+                return run_headless(demo.config)
+            from tui.app import run_console
 
-        return run_console(config)
+            return run_console(demo.config)
     except KeyboardInterrupt:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        app.stop()
-        client.close()
-        if emulator is not None:
-            emulator.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"demo stopped: the simulated app made {app.writes} writes ({app.invalid} invalid)", file=sys.stderr)
+
+
+def seed_only(args: argparse.Namespace) -> int:
+    """Fill an emulator and exit; one we start is left running for the user's own config."""
+    emulator = None
+    host = args.emulator_host
+    if host is None:
+        emulator = Emulator(die_with_parent=False).start()
+        host = emulator.host
+    client = make_client(demo_config(host, "sqlite://"))
+    seed(client, args.employees)
+    client.close()
+    print(f"seeded {args.employees} employees into {host} (project {PROJECT})")
+    if emulator is not None:
+        pid = emulator.process.pid
+        print(f"the emulator keeps running (pid {pid}); stop it with: kill {pid}")
+    print(f'point a sync.toml at it: [source] project = "{PROJECT}", emulator_host = "{host}"')
+    return 0
 
 
 def _raise_interrupt(signum: int, _frame) -> None:
