@@ -1,16 +1,27 @@
-"""`python -m bench`: start private servers, run the chosen benchmarks, print JSON lines."""
+"""`python -m bench`: start private servers, run the chosen benchmarks, print JSON lines.
+
+stdout carries one JSON object per benchmark and then a summary with each goal
+beside its figure; progress goes to stderr. Exit 0 when the benchmarks ran
+(1 with --strict and a missed goal, or when a benchmark failed to run; 2 when
+a server cannot start).
+"""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
+
+from core.errors import EmpsyncError
+from tests.servers import ServerMissing
 
 from . import apply, force, idle, rss
 from .harness import Servers, say, servers
 from .options import Sizes, parse
-from .report import Goal, emit, summary
+from .report import Goal, emit, summary, warn
 
 Benchmark = Callable[[Servers, Sizes], tuple[dict[str, Any], list[Goal]]]
 RUNNERS: dict[str, Benchmark] = {"apply": apply.run, "force": force.run, "rss": rss.run, "idle": idle.run}
@@ -19,17 +30,33 @@ RUNNERS: dict[str, Benchmark] = {"apply": apply.run, "force": force.run, "rss": 
 def main(argv: list[str] | None = None) -> int:
     sizes, chosen, args = parse(argv)
     goals: list[Goal] = []
-    with servers() as running:
+    broken: list[str] = []
+    with ExitStack() as stack:
+        try:
+            running = stack.enter_context(servers())
+        except (ServerMissing, EmpsyncError, OSError, subprocess.SubprocessError) as exc:
+            print(f"bench: cannot start the servers: {exc}", file=sys.stderr)
+            print("bench: `make servers` installs MariaDB and the Firestore emulator", file=sys.stderr)
+            return 2
         for name in chosen:
-            result, found = RUNNERS[name](running, sizes)
+            try:
+                result, found = RUNNERS[name](running, sizes)
+            except (RuntimeError, EmpsyncError) as exc:
+                # One benchmark going wrong still leaves the others' figures.
+                warn(f"{name} failed: {exc}")
+                emit({"benchmark": name, "error": str(exc)})
+                broken.append(name)
+                continue
             emit(result)
             goals.extend(found)
     report = summary(goals, asdict(sizes), args.quick)
+    report["failed_to_run"] = broken
     emit(report)
     for goal in goals:
-        say(
-            f"{'PASS' if goal.passed else 'MISS'} {goal.benchmark}: {goal.what}: {goal.figure} (goal {goal.op} {goal.target:g})"
-        )
+        verdict = "PASS" if goal.passed else "MISS"
+        say(f"{verdict} {goal.benchmark}: {goal.what}: {goal.figure} (goal {goal.op} {goal.target:g})")
+    if broken:
+        return 1
     return 1 if args.strict and not report["all_passed"] else 0
 
 
