@@ -1,7 +1,7 @@
 """(a) Apply throughput on MariaDB: the store's batches against row-by-row writes.
 
-Every side writes the same rows into a fresh copy of the same table: first
-every row is new (inserts), then every row changes two fields (updates).
+Every side writes the same rows into its own fresh copy of the same table:
+first every row is new (inserts), then every row changes two fields (updates).
 
 - store: what applying a batch costs the database layer, ``MirrorStore`` in
   one transaction per batch — load the stored rows, multi-row upserts, audit
@@ -11,13 +11,15 @@ every row is new (inserts), then every row changes two fields (updates).
 - engine: the whole batch path, ``SyncEngine._apply``, which also maps,
   hashes and diffs each document (pure Python work both other sides skip).
 
-The goal is on store against row by row; the engine's figure is beside it.
+The sides take turns batch by batch (the order rotating), so a burst of
+noise on the shared machine falls on all of them rather than on whichever
+happened to be running. The goal is on store against row by row; the
+engine's figure is beside it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,9 +37,10 @@ from core.store import MirrorStore, Planned, naive_utc
 
 from .harness import Servers, doc_id, employee, say
 from .options import Sizes
-from .report import Goal, median, rounded
+from .report import Goal, rounded
 
 GOAL_RATIO = 30.0
+WARM_UP_ROWS = 50
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,11 @@ class Phase:
     plans: list[Planned]  # the diff of each document against what the previous phase stored
 
 
-def documents(count: int, version: int) -> list[SourceDoc]:
+def documents(count: int, version: int, first: int = 0) -> list[SourceDoc]:
     """What the source would hand the engine: decoded data, update times that grow with each version."""
     base = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=version)
     docs = []
-    for i in range(count):
+    for i in range(first, first + count):
         moment = base + timedelta(microseconds=i)
         data = employee(i, version)
         data["updated_at"] = moment
@@ -59,11 +62,11 @@ def documents(count: int, version: int) -> list[SourceDoc]:
     return docs
 
 
-def phases(config: Config, count: int) -> list[Phase]:
+def phases(config: Config, count: int, first: int = 0) -> list[Phase]:
     out: list[Phase] = []
     stored: dict[str, Stored] = {}
     for version, name in enumerate(("insert", "update")):
-        docs = documents(count, version)
+        docs = documents(count, version, first)
         plans = []
         for doc in docs:
             row = map_document(config.fields, doc.data)
@@ -81,83 +84,129 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def timed(step: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    step()
-    return time.perf_counter() - started
+class Side:
+    """One way of applying batches, on its own fresh database."""
+
+    name = ""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def start_phase(self) -> None:
+        pass
+
+    def apply(self, plans: list[Planned], docs: list[SourceDoc]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
 
-def store_side(config: Config, work: list[Phase]) -> list[float]:
-    """Seconds per phase through MirrorStore, one transaction per batch."""
-    db = Database(config)
-    db.ensure_schema()
-    store, state = MirrorStore(db), State(db)
-    size = config.target.batch_size
-    seconds = []
-    for phase in work:
-        run_id = state.start_run("force", "bench")
+class StoreSide(Side):
+    """MirrorStore, one transaction per batch."""
 
-        def apply(plans: list[Planned] = phase.plans, run_id: int = run_id) -> None:
-            for start in range(0, len(plans), size):
-                batch = plans[start : start + size]
-                with db.begin() as conn:
-                    store.load(conn, [p.doc_id for p in batch])
-                    store.write(conn, batch, run_id, now())
-                    state.record_progress(conn, run_id, {"fetched": start + len(batch)})
+    name = "store"
 
-        seconds.append(timed(apply))
-    db.dispose()
-    return seconds
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.db = Database(config)
+        self.db.ensure_schema()
+        self.store, self.state = MirrorStore(self.db), State(self.db)
+        self.run_id = 0
+        self.done = 0
 
+    def start_phase(self) -> None:
+        self.run_id, self.done = self.state.start_run("force", "bench"), 0
 
-def engine_side(config: Config, work: list[Phase]) -> list[float]:
-    """Seconds per phase through the engine's batch path (map, hash, diff, apply)."""
-    engine = SyncEngine(config)
-    engine.db.ensure_schema()
-    size = config.target.batch_size
-    seconds = []
-    for phase in work:
-        run = _Run(engine.state.start_run("force", "bench"), "force", False, False, now())
+    def apply(self, plans: list[Planned], docs: list[SourceDoc]) -> None:
+        with self.db.begin() as conn:
+            self.store.load(conn, [p.doc_id for p in plans])
+            self.store.write(conn, plans, self.run_id, now())
+            self.done += len(plans)
+            self.state.record_progress(conn, self.run_id, {"fetched": self.done})
 
-        def apply(docs: list[SourceDoc] = phase.docs, run: _Run = run) -> None:
-            for start in range(0, len(docs), size):
-                engine._apply(docs[start : start + size], run)
-
-        seconds.append(timed(apply))
-    engine.close()
-    return seconds
+    def close(self) -> None:
+        self.db.dispose()
 
 
-def row_by_row(config: Config, work: list[Phase]) -> list[float]:
-    """Seconds per phase: one SELECT, then one INSERT or UPDATE, and one commit per row."""
-    db = Database(config)
-    db.ensure_schema()
-    mirror = db.tables.mirror
-    id_column = config.target.id_column
-    key = mirror.c[id_column]
-    mapped = db.tables.mapped_columns
-    seconds = []
-    with db.engine.connect() as conn:
-        for phase in work:
+class EngineSide(Side):
+    """The engine's batch path: map, hash, diff, then the store."""
 
-            def apply(plans: list[Planned] = phase.plans) -> None:
-                for plan in plans:
-                    bookkeeping = {
-                        UPDATE_TIME_COLUMN: naive_utc(plan.update_time),
-                        SYNCED_AT_COLUMN: now(),
-                        HASH_COLUMN: plan.content_hash,
-                    }
-                    with conn.begin():
-                        stored = conn.execute(select(mirror).where(key == plan.doc_id)).mappings().first()
-                        if stored is None:
-                            values: dict[str, Any] = {id_column: plan.doc_id, **plan.row, **bookkeeping}
-                            conn.execute(mirror.insert().values(values))
-                        else:
-                            changed = {c: plan.row[c] for c in mapped if not same(stored[c], plan.row[c])}
-                            conn.execute(update(mirror).where(key == plan.doc_id).values({**changed, **bookkeeping}))
+    name = "engine"
 
-            seconds.append(timed(apply))
-    db.dispose()
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.engine = SyncEngine(config)
+        self.engine.db.ensure_schema()
+        self.run: _Run | None = None
+
+    def start_phase(self) -> None:
+        self.run = _Run(self.engine.state.start_run("force", "bench"), "force", False, False, now())
+
+    def apply(self, plans: list[Planned], docs: list[SourceDoc]) -> None:
+        assert self.run is not None
+        self.engine._apply(docs, self.run)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RowByRow(Side):
+    """One SELECT, then one INSERT or UPDATE, and one commit per row."""
+
+    name = "row_by_row"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.db = Database(config)
+        self.db.ensure_schema()
+        self.conn = self.db.engine.connect()
+        self.mirror = self.db.tables.mirror
+        self.key = self.mirror.c[config.target.id_column]
+
+    def apply(self, plans: list[Planned], docs: list[SourceDoc]) -> None:
+        conn, mirror, key = self.conn, self.mirror, self.key
+        for plan in plans:
+            bookkeeping = {
+                UPDATE_TIME_COLUMN: naive_utc(plan.update_time),
+                SYNCED_AT_COLUMN: now(),
+                HASH_COLUMN: plan.content_hash,
+            }
+            with conn.begin():
+                stored = conn.execute(select(mirror).where(key == plan.doc_id)).mappings().first()
+                if stored is None:
+                    values: dict[str, Any] = {self.config.target.id_column: plan.doc_id, **plan.row, **bookkeeping}
+                    conn.execute(mirror.insert().values(values))
+                else:
+                    changed = {c: v for c, v in plan.row.items() if not same(stored[c], v)}
+                    conn.execute(update(mirror).where(key == plan.doc_id).values({**changed, **bookkeeping}))
+
+    def close(self) -> None:
+        self.conn.close()
+        self.db.dispose()
+
+
+def interleaved(sides: list[Side], work: list[Phase], batch_size: int) -> dict[str, list[float]]:
+    """Seconds per side per phase, the sides taking turns batch by batch.
+
+    Each side first applies a few unmeasured rows of its own (other ids), so
+    that first connections and statement caches are not on the clock.
+    """
+    for phase in phases(sides[0].config, WARM_UP_ROWS, first=sum(len(p.plans) for p in work[:1])):
+        for side in sides:
+            side.start_phase()
+            side.apply(phase.plans, phase.docs)
+    seconds = {side.name: [0.0] * len(work) for side in sides}
+    for i, phase in enumerate(work):
+        for side in sides:
+            side.start_phase()
+        for turn, start in enumerate(range(0, len(phase.plans), batch_size)):
+            plans, docs = phase.plans[start : start + batch_size], phase.docs[start : start + batch_size]
+            for k in range(len(sides)):
+                side = sides[(turn + k) % len(sides)]
+                started = time.perf_counter()
+                side.apply(plans, docs)
+                seconds[side.name][i] += time.perf_counter() - started
     return seconds
 
 
@@ -176,45 +225,26 @@ def fingerprint(config: Config) -> tuple[int, int, str]:
 def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
     n = sizes.apply_rows
     work = phases(servers.config("bench-apply", "sqlite://"), n)
-
-    def fresh(side: str) -> Config:
-        return servers.config("bench-apply", servers.database(f"apply_{side}"), batch_size=sizes.batch_size)
-
-    say(f"apply: {n} inserts then {n} updates: store (x{sizes.pairs}, around the others), row by row, engine")
-    # The store's runs are short, so a burst of noise hits them hardest: repeat
-    # them around the long row-by-row run and keep the median of each phase.
-    sides: dict[str, Callable[[Config, list[Phase]], list[float]]] = {
-        "row_by_row": row_by_row,
-        "engine": engine_side,
+    configs = {
+        kind.name: servers.config("bench-apply", servers.database(f"apply_{kind.name}"), batch_size=sizes.batch_size)
+        for kind in (StoreSide, RowByRow, EngineSide)
     }
-    runs: dict[str, list[list[float]]] = {"store": [], "row_by_row": [], "engine": []}
-    prints = set()
-    order: list[str] = []
-    others = list(sides)
-    for _ in range(max(1, sizes.pairs)):
-        order.append("store")
-        if others:
-            order.append(others.pop(0))
-    for side in order + others:
-        config = fresh(side)
-        runs[side].append((sides.get(side) or store_side)(config, work))
-        prints.add(fingerprint(config))
-    seconds = {side: [median([r[i] for r in per]) for i in range(len(work))] for side, per in runs.items()}
+    say(f"apply: {n} inserts then {n} updates; store, row by row and engine take turns batch by batch")
+    sides = [kind(configs[kind.name]) for kind in (StoreSide, RowByRow, EngineSide)]
+    try:
+        seconds = interleaved(sides, work, sizes.batch_size)
+    finally:
+        for side in sides:
+            side.close()
+    prints = {fingerprint(config) for config in configs.values()}
 
-    result: dict[str, Any] = {
-        "benchmark": "apply",
-        "target": "mariadb",
-        "rows": n,
-        "batch_size": sizes.batch_size,
-        "store_runs": len(runs["store"]),
-    }
+    result: dict[str, Any] = {"benchmark": "apply", "target": "mariadb", "rows": n, "batch_size": sizes.batch_size}
     goals = []
     for i, phase in enumerate(work):
         figures: dict[str, Any] = {}
         for side, per_phase in seconds.items():
             figures[f"{side}_s"] = rounded(per_phase[i])
             figures[f"{side}_rows_per_s"] = round(n / per_phase[i])
-        figures["store_s_each"] = [rounded(r[i]) for r in runs["store"]]
         ratio = seconds["row_by_row"][i] / seconds["store"][i]
         figures["ratio_store"] = rounded(ratio, 1)
         figures["ratio_engine"] = rounded(seconds["row_by_row"][i] / seconds["engine"][i], 1)
