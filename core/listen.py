@@ -10,6 +10,26 @@ Cost: with ``updated_field`` the listener watches only documents changed
 since the committed watermark, so a (re)subscription costs the documents
 changed since then, not the collection. Without it, every (re)subscription
 reads the whole collection once.
+
+Liveness: the client retries a broken stream on its own and keeps reporting it
+active while the server is unreachable, so the stream's own view cannot tell
+an outage. The listener therefore also watches its gRPC channel: one that has
+been in TRANSIENT_FAILURE for ``LINK_GRACE_S`` counts as a lost stream. A
+stream that delivers no snapshot and no resume-token move for ``SILENCE_S``
+counts as dead too (the emulator sends no heartbeats, so on a quiet collection
+this re-subscribes once a ``SILENCE_S``; with ``updated_field`` that costs the
+documents of the last applied snapshot, at least one read).
+
+Resume points: a change can reach the stream well after the time in its
+``updated_field``: on the emulator under load, a server timestamp is taken
+seconds before the write commits and shows up in a snapshot. So the listener
+measures that delivery lag (snapshot read time minus the oldest
+``updated_field`` in a snapshot after the first) and keeps ``margin``, twice
+the largest lag seen (at least ``WATERMARK_MARGIN``, at most ``MAX_MARGIN``).
+The watermark moves to a snapshot's read time minus the margin, and a
+subscription starts the margin before the stored watermark, which covers the
+polled runs' resume points too. Re-reading the documents of that window costs
+a few reads; skipping one would cost a row until the force run.
 """
 
 from __future__ import annotations
@@ -18,17 +38,23 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from .engine import WATERMARK_MARGIN
 from .source import FirestoreSource, SourceDoc, Watermark, to_doc
 
 log = logging.getLogger("empsync.listen")
 
 # A stream with no snapshot and no heartbeat for this long is treated as dead.
 SILENCE_S = 60.0
-# Re-subscribe from a newer watermark this often, so the watched result set stays small.
+# A channel that cannot reach the server for this long means the stream is lost.
+LINK_GRACE_S = 2.0
+# Re-subscribe from a newer watermark this often (or once this many changes came after the
+# initial snapshot), so the watched result set stays small.
 REFRESH_S = 600.0
 REFRESH_DOCS = 5_000
+# The resume-point margin never exceeds this, whatever lag an odd timestamp suggests.
+MAX_MARGIN = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -51,31 +77,56 @@ class Listener:
         self._last_token: bytes | None = None
         self._delivered = 0
         self._first = True
+        self._channel = None
+        self._link_down_since: float | None = None
         self.overflowed = False
         self.snapshots = 0
+        # Snapshots delivered by the current subscription: 0 until it is confirmed.
+        self.heard = 0
+        # The largest delivery lag seen (see the module docstring).
+        self.max_lag = timedelta(0)
 
     @property
     def watches_changes_only(self) -> bool:
         return bool(self.source.updated_path)
 
+    @property
+    def margin(self) -> timedelta:
+        """How far before a snapshot's read time every change is known to be in."""
+        return min(MAX_MARGIN, max(WATERMARK_MARGIN, 2 * self.max_lag))
+
     # -- subscription (worker thread) ------------------------------------------
 
     def subscribe(self, since: Watermark | None) -> None:
         self.close()
-        if self.watches_changes_only and since is not None:
-            query = self.source.changed_query(Watermark(since.ts))
-        else:
-            query = self.source.base_query()
+        query = self.query(since)
         with self._cond:
             self._pending.clear()
             self.overflowed = False
         self._first = True
         self._delivered = 0
+        self.heard = 0
+        self._watch_channel()
         now = time.monotonic()
         self._subscribed_at = self._last_signal = now
         self._last_token = None
         with self.source.translate():
             self._watch = query.on_snapshot(self._on_snapshot)
+
+    def query(self, since: Watermark | None):
+        """What the stream watches: the mapped fields of the documents changed since ``since``.
+
+        No ``order_by``: the client sorts each snapshot's additions with the
+        query's comparator, which fails on an ``order_by("__name__")`` or a
+        nested field path and kills the stream's thread. A stream needs no
+        order, and the filter alone keeps it to the changed documents.
+        """
+        if not (self.watches_changes_only and since is not None):
+            return self.source.base_query()
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        floor = since.ts - self.margin
+        return self.source.base_query().where(filter=FieldFilter(self.source.updated_path, ">=", floor))
 
     def close(self) -> None:
         watch, self._watch = self._watch, None
@@ -89,6 +140,27 @@ class Listener:
     def subscribed(self) -> bool:
         return self._watch is not None
 
+    def _watch_channel(self) -> None:
+        """Follow the client's gRPC channel state (once; the channel lives as long as the client)."""
+        if self._channel is not None:
+            return
+        try:
+            channel = self.source.client._firestore_api._transport.grpc_channel
+            channel.subscribe(self._on_channel, try_to_connect=False)
+        except Exception:  # noqa: BLE001 - no channel to watch: silence remains the bound
+            log.debug("cannot watch the Firestore channel's state; relying on the silence bound")
+            return
+        self._channel = channel
+
+    def _on_channel(self, state) -> None:  # on a gRPC thread
+        import grpc
+
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            if self._link_down_since is None:
+                self._link_down_since = time.monotonic()
+        elif state == grpc.ChannelConnectivity.READY:
+            self._link_down_since = None
+
     def needs_restart(self) -> str | None:
         """Why the stream should be re-subscribed now, or None while it is healthy."""
         watch = self._watch
@@ -99,6 +171,9 @@ class Listener:
         if not watch.is_active:
             return "the stream stopped"
         now = time.monotonic()
+        down_since = self._link_down_since
+        if down_since is not None and now - down_since > LINK_GRACE_S:
+            return "lost the connection to Firestore"
         token = getattr(watch, "resume_token", None)
         if token != self._last_token:  # heartbeats move the resume token without a callback
             self._last_token, self._last_signal = token, now
@@ -119,10 +194,16 @@ class Listener:
             else:
                 doc = SourceDoc(doc.id, doc.data, doc.update_time, read_time)
             items.append(LiveItem(doc))
+        initial, self._first = self._first, False
+        if not initial and items and read_time is not None and self.watches_changes_only:
+            stamps = [self.source.updated_value(i.doc) for i in items if i.doc.exists]
+            oldest = min((t for t in stamps if t is not None), default=None)
+            if oldest is not None and read_time - oldest > self.max_lag:
+                self.max_lag = read_time - oldest
         # Billed: each document delivered; an empty initial snapshot costs one read.
-        self.source.meter.add(len(items) if items or not self._first else 1)
-        self._first = False
+        self.source.meter.add(len(items) if items or not initial else 1)
         self.snapshots += 1
+        self.heard += 1
         self._last_signal = time.monotonic()
         marker = LiveItem(items[-1].doc, read_time) if items else None
         if marker is not None:
@@ -130,16 +211,17 @@ class Listener:
         with self._cond:
             if self.overflowed:
                 return  # the catch-up run will read these
-            # Always accept into an empty queue (a large initial snapshot is
-            # already in the client's memory); beyond that, stay bounded.
-            if self._pending and len(self._pending) + len(items) > self.max_pending:
+            # Bounded, but for a subscription's initial snapshot: the client holds
+            # that in memory in full anyway, and refusing it would only repeat it.
+            if not initial and len(self._pending) + len(items) > self.max_pending:
                 self.overflowed = True
                 self._pending.clear()
                 self._cond.notify_all()
                 return
             if not items:
                 return
-            self._delivered += len(items)
+            if not initial:  # the set grows by these; a refresh cannot shrink the initial ones away
+                self._delivered += len(items)
             self._pending.extend(items)
             self._cond.notify_all()
 

@@ -1,6 +1,11 @@
 """Listen mode's worker side: subscribe, watch the stream, apply micro-batches.
 
-Driven by the service's worker thread, one ``tick`` at a time. Correctness
+Driven by the service's worker thread, one ``tick`` at a time. The state is
+``listening`` only once the current subscription has delivered a snapshot;
+from a lost stream until then it is ``reconnecting``, and after
+``ATTEMPTS_BEFORE_FALLBACK`` failed subscriptions in a row ``polling-fallback``
+(the service's scheduled polls run whenever the state is not ``listening``).
+Correctness
 never depends on the stream: the watermark moves only when a whole snapshot
 is committed, a re-subscription starts from the committed watermark, an
 overflowing hand-off becomes a catch-up run, and the scheduled force run
@@ -16,7 +21,7 @@ from typing import Any
 
 from . import state as keys
 from .backoff import backoff_delay
-from .engine import WATERMARK_MARGIN, SyncEngine
+from .engine import SyncEngine
 from .errors import EmpsyncError
 from .listen import Listener, LiveItem
 from .source import SourceDoc, Watermark
@@ -54,6 +59,7 @@ class LiveMirror:
         self.lag_ms: int | None = None
         self.last_applied_at: str | None = None
         self._run = None
+        self._started = False
         self._failures = 0
         self._retry_at = 0.0
 
@@ -84,11 +90,14 @@ class LiveMirror:
         reason = self.listener.needs_restart()
         if reason is not None:
             if time.monotonic() < self._retry_at:
-                time.sleep(min(wait, self._retry_at - time.monotonic()))
+                time.sleep(max(0.0, min(wait, self._retry_at - time.monotonic())))
                 return
             self._restart(reason)
             if not self.listener.subscribed:
                 return
+        elif self.state != LISTENING and self.listener.heard:
+            self._failures = 0
+            self._set(LISTENING, self._where())
         items = self.listener.take(self.batch_size, wait)
         if items:
             self._apply(items)
@@ -102,17 +111,25 @@ class LiveMirror:
 
     # -- internals -------------------------------------------------------------
 
+    def _where(self) -> str:
+        return "changes since the watermark" if self.listener.watches_changes_only else "the whole collection"
+
     def _restart(self, reason: str) -> None:
-        first = reason == "not subscribed"
+        first = not self._started
         overflowed = self.listener.overflowed
-        died_unheard = reason == "the stream stopped" and self.listener.snapshots == 0
+        unheard = self.listener.subscribed and not self.listener.heard and not overflowed
         self.listener.close()
-        if died_unheard:
-            self._failed("the stream closed before its first snapshot")
+        if unheard:
+            # This subscription never got going: a failed attempt, retried with backoff.
+            self._failed(f"{reason} before the first snapshot")
             return
         if not first:
             self.reconnects += 1
-            log.log(logging.INFO if reason.startswith("refresh") else logging.WARNING, "Re-subscribing: %s", reason)
+            if reason != "not subscribed":  # after a failed attempt the retry was announced already
+                level = logging.INFO if reason.startswith("refresh") else logging.WARNING
+                log.log(level, "Re-subscribing: %s", reason)
+                if not reason.startswith("refresh"):
+                    self._set(RECONNECTING, reason)
         try:
             if self._run is None:
                 self._run = self.engine.open_live()
@@ -124,17 +141,19 @@ class LiveMirror:
         except EmpsyncError as exc:
             self._failed(exc.message)
             return
-        self._failures = 0
-        where = "changes since the watermark" if self.listener.watches_changes_only else "the whole collection"
+        self._started = True
         if first:
-            log.info("Listening to %s", where)
-        self._set(LISTENING, where)
+            log.info("Listening to %s", self._where())
+        if self.state != LISTENING:
+            # Confirmed by the first snapshot (see tick); until then, not yet listening.
+            state = RECONNECTING if self._failures < ATTEMPTS_BEFORE_FALLBACK else FALLBACK
+            self._set(state, f"subscribing to {self._where()}")
 
     def _apply(self, items: list[LiveItem]) -> None:
         markers = [i.snapshot_read_time for i in items if i.snapshot_read_time is not None]
         watermark = None
         if markers and self.listener.watches_changes_only:
-            watermark = Watermark(max(markers) - WATERMARK_MARGIN)
+            watermark = Watermark(max(markers) - self.listener.margin)
         docs = _newest_per_id([i.doc for i in items])
         try:
             self.engine.apply_live(self._run, docs, watermark)
