@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Op(str, Enum):
@@ -36,8 +36,8 @@ class Stored:
     deleted: bool
 
 
-@dataclass(frozen=True)
-class FieldChange:
+class FieldChange(NamedTuple):
+    # A NamedTuple, not a dataclass: a first sync builds one per field per document.
     column: str
     old: Any
     new: Any
@@ -57,11 +57,16 @@ class Decision:
         return tuple(c.column for c in self.changes)
 
 
+UNCHANGED = Decision(Op.UNCHANGED)
+
+
 def decide(stored: Stored | None, new: Mapping[str, Any], new_hash: str, update_time: datetime | None) -> Decision:
     if stored is None:
         return Decision(Op.INSERT, tuple(FieldChange(c, None, v) for c, v in new.items()))
     if stored.update_time is not None and update_time is not None and update_time < stored.update_time:
         return Decision(Op.STALE)
+    if not stored.deleted and stored.content_hash == new_hash:
+        return UNCHANGED  # the hash covers every mapped value: no need to compare them
     changes = tuple(
         FieldChange(column, stored.values.get(column), value)
         for column, value in new.items()
@@ -69,8 +74,6 @@ def decide(stored: Stored | None, new: Mapping[str, Any], new_hash: str, update_
     )
     if stored.deleted:
         return Decision(Op.RESTORE, changes)
-    if stored.content_hash == new_hash and not changes:
-        return Decision(Op.UNCHANGED)
     # A differing hash with no differing column (a new hash scheme, or a row
     # written by hand) still needs its hash rewritten, and only that.
     return Decision(Op.UPDATE, changes)

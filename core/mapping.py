@@ -16,12 +16,14 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from .config import FieldSpec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_ZERO = timedelta(0)
 # MySQL's DATETIME and DATE start at year 1000; one rule for every target.
 MIN_YEAR = 1000
 # ASCII only: Unicode \d takes "٣" (which no one means as a number) and Unicode \s
@@ -156,13 +158,14 @@ def to_datetime(value: Any) -> datetime:
             raise Invalid(f"expected a timestamp or ISO-8601 text, got {describe(value)}") from None
     else:
         raise Invalid(f"expected a timestamp, got {describe(value)}")
-    if moment.tzinfo is not None:
+    if moment.tzinfo is not None and moment.utcoffset() != _ZERO:
         try:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)
+            moment = moment.astimezone(UTC)
         except OverflowError:  # "0001-01-01T00:00+01:00" is before the first representable moment
             raise Invalid(f"timestamp out of range: {describe(value)}") from None
-    # Drop the nanosecond subclass Firestore uses: the database keeps microseconds.
-    moment = datetime(*moment.timetuple()[:6], moment.microsecond)
+    # Naive UTC, and not Firestore's nanosecond subclass: the database keeps microseconds.
+    m = moment
+    moment = datetime(m.year, m.month, m.day, m.hour, m.minute, m.second, m.microsecond)
     if moment.year < MIN_YEAR:
         raise Invalid(f"timestamp {moment.isoformat()} is before the year {MIN_YEAR}")
     return moment
@@ -208,7 +211,14 @@ def json_ready(value: Any) -> Any:
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(json_ready(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    try:
+        # The C encoder, calling back only for what JSON lacks (timestamps, bytes, …).
+        return json.dumps(value, default=json_ready, allow_nan=False, **_JSON_FORM)
+    except (ValueError, TypeError):  # NaN/Infinity, or a map with non-string keys
+        return json.dumps(json_ready(value), **_JSON_FORM)
+
+
+_JSON_FORM: dict[str, Any] = {"sort_keys": True, "ensure_ascii": False, "separators": (",", ":")}
 
 
 COERCERS: dict[str, Callable[[FieldSpec, Any], Any]] = {
@@ -236,20 +246,31 @@ def lookup(data: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
 def map_document(specs: Iterable[FieldSpec], data: Mapping[str, Any]) -> dict[str, Any]:
     """The row for a document's data, column → normal value; raises ``RejectError``."""
     row: dict[str, Any] = {}
-    for spec in specs:
-        value = lookup(data, spec.parts)
+    for column, parts, coerce, spec in _plan(tuple(specs)):
+        if len(parts) == 1:  # most fields are top-level: skip the walk
+            value = data.get(parts[0], MISSING) if isinstance(data, Mapping) else MISSING
+        else:
+            value = lookup(data, parts)
         if value is MISSING or value is None:
             if spec.required:
                 raise RejectError(
                     Reject(spec.path, "required but missing" if value is MISSING else "required but null")
                 )
-            row[spec.column] = None
+            row[column] = None
             continue
         try:
-            row[spec.column] = COERCERS[spec.type](spec, value)
+            row[column] = coerce(spec, value)
         except Invalid as exc:
             raise RejectError(Reject(spec.path, str(exc))) from None
     return row
+
+
+@lru_cache(maxsize=32)
+def _plan(
+    specs: tuple[FieldSpec, ...],
+) -> tuple[tuple[str, tuple[str, ...], Callable[[FieldSpec, Any], Any], FieldSpec], ...]:
+    """What map_document does per field, worked out once per configuration."""
+    return tuple((spec.column, spec.parts, COERCERS[spec.type], spec) for spec in specs)
 
 
 class RejectError(Exception):
@@ -277,13 +298,13 @@ def _canonical(value: Any) -> str:
 
 def content_hash(row: Mapping[str, Any]) -> str:
     """A 128-bit hash of a row's normal values, independent of column order."""
-    digest = hashlib.blake2b(digest_size=16)
+    chunks: list[bytes] = []
     for column in sorted(row):
         # Length-prefixed, so no value can pass for a separator and the next column.
-        for part in (column.encode(), _canonical(row[column]).encode("utf-8", "surrogatepass")):
-            digest.update(b"%d:" % len(part))
-            digest.update(part)
-    return digest.hexdigest()
+        name = column.encode()
+        value = _canonical(row[column]).encode("utf-8", "surrogatepass")
+        chunks.append(b"%d:%b%d:%b" % (len(name), name, len(value), value))
+    return hashlib.blake2b(b"".join(chunks), digest_size=16).hexdigest()
 
 
 def display(value: Any) -> str | None:
