@@ -43,10 +43,19 @@ class FieldChange(NamedTuple):
     new: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     op: Op
-    changes: tuple[FieldChange, ...] = ()
+    field_changes: tuple[FieldChange, ...] = ()
+    # For an insert the new row itself: its "changes" (every field, from nothing)
+    # are only spelled out when asked, as a first sync would build millions.
+    inserted: Mapping[str, Any] | None = None
+
+    @property
+    def changes(self) -> tuple[FieldChange, ...]:
+        if self.inserted is not None:
+            return tuple(FieldChange(c, None, v) for c, v in self.inserted.items())
+        return self.field_changes
 
     @property
     def writes(self) -> bool:
@@ -62,7 +71,7 @@ UNCHANGED = Decision(Op.UNCHANGED)
 
 def decide(stored: Stored | None, new: Mapping[str, Any], new_hash: str, update_time: datetime | None) -> Decision:
     if stored is None:
-        return Decision(Op.INSERT, tuple(FieldChange(c, None, v) for c, v in new.items()))
+        return Decision(Op.INSERT, inserted=new)
     if stored.update_time is not None and update_time is not None and update_time < stored.update_time:
         return Decision(Op.STALE)
     if not stored.deleted and stored.content_hash == new_hash:

@@ -159,7 +159,9 @@ class Tables:
             Column("field", String(64)),
             Column("old_value", LongText()),
             Column("new_value", LongText()),
-            Index("ix_empsync_changes_document", "document_id"),
+            # A prefix is enough to find a document's history; a 1,500-byte key
+            # would make every audit insert pay for a wide index entry.
+            Index("ix_empsync_changes_document", "document_id", mysql_length=64),
             Index("ix_empsync_changes_changed_at", "changed_at"),
             **MYSQL_TABLE_ARGS,
         )
