@@ -22,7 +22,7 @@ from . import state as keys
 from .config import Config
 from .db import Database
 from .diff import Op, decide
-from .errors import Cancelled, EmpsyncError, LockHeld
+from .errors import Cancelled, EmpsyncError, LockHeld, TargetError
 from .events import BatchApplied, ChangeRecord, EventBus, SyncFailed, SyncFinished, SyncStarted
 from .lock import SyncLock, make_lock
 from .mapping import RejectError, content_hash, map_document
@@ -111,6 +111,8 @@ class _Run:
     started: datetime | None = None
     reads_mark: int = 0
     would_change: list[dict[str, Any]] = field(default_factory=list)
+    # The sync lock the run holds; each writing transaction re-checks it before committing.
+    lock: SyncLock | None = None
 
 
 class SyncEngine:
@@ -127,6 +129,8 @@ class SyncEngine:
         self.mirror = MirrorStore(self.db)
         self.bus = bus or EventBus()
         self._source = source
+        # Set by a service that holds the sync lock for this engine's listen sessions.
+        self.lock: SyncLock | None = None
 
     @property
     def source(self) -> FirestoreSource:
@@ -199,7 +203,12 @@ class SyncEngine:
                         f"skipped: the sync lock is held by {leader}", "a service is running; it syncs on its own"
                     )
                 self.state.close_interrupted_runs()
-            self._run(result, stop or threading.Event())
+            elif not lock.still_held():
+                raise LockHeld(
+                    "skipped: the sync lock was lost (its database connection ended)",
+                    "the service syncs again once it holds the lock",
+                )
+            self._run(result, stop or threading.Event(), lock or own_lock)
         except LockHeld as exc:
             result.status, result.reason, result.hint, result.exit_code = (
                 "skipped",
@@ -225,7 +234,7 @@ class SyncEngine:
             self._record_failure(result)
         return result
 
-    def _run(self, result: RunResult, stop: threading.Event) -> None:
+    def _run(self, result: RunResult, stop: threading.Event, lock: SyncLock | None = None) -> None:
         values = self.state.get_all()
         watermark = Watermark.loads(values.get(keys.WATERMARK))
         incremental = not result.forced and bool(self.source.updated_path) and watermark is not None
@@ -235,6 +244,7 @@ class SyncEngine:
             dry_run=result.dry_run,
             incremental=incremental,
             now=result.started_at or utcnow(),
+            lock=lock,
         )
         result.run_id = run.run_id
         reads_before = self.source.meter.reads
@@ -354,6 +364,7 @@ class SyncEngine:
             if watermark is not None:
                 self.state.put(conn, {keys.WATERMARK: watermark.dumps()})
             self.state.record_progress(conn, run.run_id, run.counts.as_dict())
+            _check_lock(run)
         self._announce(run, plans, rejected, audit, new_rejects)
 
     def _cursor_after(self, last: SourceDoc) -> Watermark | None:
@@ -448,6 +459,7 @@ class SyncEngine:
                     audit = self.mirror.remove(conn, chunk, mode, run.run_id, run.now)
                     run.counts.deleted += len(chunk)
                     self.state.record_progress(conn, run.run_id, run.counts.as_dict())
+                    _check_lock(run)
                 for doc_id in chunk[:LOG_CHANGES_PER_BATCH]:
                     log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
                 self.bus.emit(
@@ -467,6 +479,7 @@ class SyncEngine:
                 resume = run.first_read_time - WATERMARK_MARGIN
                 if current is None or current.ts < resume:
                     self.state.put(conn, {keys.WATERMARK: Watermark(resume).dumps()})
+            _check_lock(run)
 
     # -- listen mode: micro-batches through the same path ----------------------
 
@@ -479,6 +492,7 @@ class SyncEngine:
             dry_run=False,
             incremental=False,
             now=utcnow(),
+            lock=self.lock,
         )
         with self.db.connect() as conn:
             run.reject_ids = self.state.reject_ids(conn)
@@ -523,6 +537,22 @@ class SyncEngine:
         except EmpsyncError:
             pass
         self.bus.emit(SyncFailed(utcnow(), result.run_id, result.kind, result.reason, result.hint))
+
+
+def _check_lock(run: _Run) -> None:
+    """Inside a writing transaction, before it commits: a run whose lock is gone must not write.
+
+    The lock lives on its own connection; when that connection ends (killed,
+    server restarted) another process can take the lock at once, while this
+    run's data connection works on. Checking before each commit keeps two
+    processes from writing at the same time, and the rollback leaves the
+    batch to whoever leads now.
+    """
+    if run.lock is not None and not run.lock.still_held():
+        raise TargetError(
+            "lost the sync lock (its database connection ended): the batch is rolled back",
+            "the service syncs again once it holds the lock; the next run carries on from the last commit",
+        )
 
 
 def _would_change(plans: Iterable[Planned], rejected: Iterable[Rejected]) -> Iterator[dict[str, Any]]:

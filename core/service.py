@@ -276,6 +276,7 @@ class SyncService:
         self.engine.db.ensure_schema()
         if self._lock is None:
             self._lock = make_lock(self.engine.db.engine, self.config.target.table)
+            self.engine.lock = self._lock  # listen sessions re-check it before each commit, as runs do
         try:
             got = self._lock.acquire()
         except Exception as exc:  # noqa: BLE001 - driver errors while the server is away
