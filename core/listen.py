@@ -34,6 +34,7 @@ a few reads; skipping one would cost a row until the force run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -77,6 +78,7 @@ class Listener:
         self._last_token: bytes | None = None
         self._delivered = 0
         self._first = True
+        self._generation = 0
         self._channel = None
         self._link_down_since: float | None = None
         self.overflowed = False
@@ -103,6 +105,7 @@ class Listener:
         with self._cond:
             self._pending.clear()
             self.overflowed = False
+            self._generation += 1
         self._first = True
         self._delivered = 0
         self.heard = 0
@@ -111,7 +114,7 @@ class Listener:
         self._subscribed_at = self._last_signal = now
         self._last_token = None
         with self.source.translate():
-            self._watch = query.on_snapshot(self._on_snapshot)
+            self._watch = query.on_snapshot(functools.partial(self._on_snapshot, self._generation))
 
     def query(self, since: Watermark | None):
         """What the stream watches: the mapped fields of the documents changed since ``since``.
@@ -185,7 +188,9 @@ class Listener:
 
     # -- the client's callback thread ------------------------------------------
 
-    def _on_snapshot(self, _docs, changes, read_time) -> None:
+    def _on_snapshot(self, generation: int, _docs, changes, read_time) -> None:
+        if generation != self._generation:
+            return  # a closed subscription's last callback, still running on its thread
         items = []
         for change in changes:
             doc = to_doc(change.document)
@@ -209,8 +214,8 @@ class Listener:
         if marker is not None:
             items[-1] = marker
         with self._cond:
-            if self.overflowed:
-                return  # the catch-up run will read these
+            if generation != self._generation or self.overflowed:
+                return  # stale, or the catch-up run will read these
             # Bounded, but for a subscription's initial snapshot: the client holds
             # that in memory in full anyway, and refusing it would only repeat it.
             if not initial and len(self._pending) + len(items) > self.max_pending:

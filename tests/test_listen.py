@@ -446,7 +446,7 @@ def test_a_burst_is_absorbed_with_a_bounded_hand_off(make_config, mysql_url, fir
         mark = events.mark()
         with BacklogSampler(service) as sampler:
             burst(firestore_client, BURST_WRITES, BURST_SECONDS)
-            wait_no_differences(config, firestore_client, timeout=120, service=service)
+            wait_no_differences(config, firestore_client, timeout=900 if FULL else 120, service=service)
         catch_ups = [e for e in events.since(mark, SyncStarted) if e.trigger == "catch-up"]
         print(
             f"peak backlog {sampler.peak} (streaming {sampler.peak_streaming}) of {bound}, "
