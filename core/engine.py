@@ -109,7 +109,6 @@ class _Run:
     reject_ids: set[str] = field(default_factory=set)
     first_read_time: datetime | None = None
     started: datetime | None = None
-    reads_mark: int = 0
     would_change: list[dict[str, Any]] = field(default_factory=list)
     # The sync lock the run holds; each writing transaction re-checks it before committing.
     lock: SyncLock | None = None
@@ -365,6 +364,10 @@ class SyncEngine:
                 self.state.put(conn, {keys.WATERMARK: watermark.dumps()})
             self.state.record_progress(conn, run.run_id, run.counts.as_dict())
             _check_lock(run)
+        mode = self.config.target.delete_mode
+        if removable and mode != "keep":  # listen mode: removals arrive with the stream, logged as a force run's
+            for doc_id in removable[:LOG_CHANGES_PER_BATCH]:
+                log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
         self._announce(run, plans, rejected, audit, new_rejects)
 
     def _cursor_after(self, last: SourceDoc) -> Watermark | None:
@@ -497,24 +500,28 @@ class SyncEngine:
         with self.db.connect() as conn:
             run.reject_ids = self.state.reject_ids(conn)
         run.started = run.now
-        run.reads_mark = self.source.meter.reads
         return run
 
-    def apply_live(self, run: _Run, docs: list[SourceDoc], watermark: Watermark | None) -> None:
-        """Apply a micro-batch; raises ``EmpsyncError`` and commits nothing on failure."""
+    def apply_live(self, run: _Run, docs: list[SourceDoc], watermark: Watermark | None, stream_reads: int = 0) -> None:
+        """Apply a micro-batch; raises ``EmpsyncError`` and commits nothing on failure.
+
+        ``stream_reads``: what the listener was billed since the last batch. The
+        session counts those and its own gets, not the meter's total, which
+        also holds the reads of the runs made meanwhile (catch-up, fallback polls).
+        """
+        run.counts.firestore_reads += stream_reads
         gone = [d.id for d in docs if not d.exists]
         if gone:
             # A document that left a filtered listen query may still exist: ask.
+            before = self.source.meter.reads
             current = {d.id: d for d in self.source.get(gone)}
+            run.counts.firestore_reads += self.source.meter.reads - before
             docs = [current.get(d.id, d) if not d.exists else d for d in docs]
-        # Everything metered since the last batch: the listener's deliveries and the gets above.
-        reads = self.source.meter.reads
-        run.counts.firestore_reads += reads - run.reads_mark
-        run.reads_mark = reads
         run.now = utcnow()
         self._apply(docs, run, watermark)
 
-    def close_live(self, run: _Run, status: str = "ok", message: str = "") -> None:
+    def close_live(self, run: _Run, status: str = "ok", message: str = "", stream_reads: int = 0) -> None:
+        run.counts.firestore_reads += stream_reads  # e.g. an empty snapshot after the last batch
         try:
             duration = int((utcnow() - run.started).total_seconds() * 1000)
             self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration, message)

@@ -87,6 +87,7 @@ class Listener:
         self.heard = 0
         # The largest delivery lag seen (see the module docstring).
         self.max_lag = timedelta(0)
+        self._unbilled = 0  # reads metered but not yet counted in the session's run row
 
     @property
     def watches_changes_only(self) -> bool:
@@ -206,7 +207,10 @@ class Listener:
             if oldest is not None and read_time - oldest > self.max_lag:
                 self.max_lag = read_time - oldest
         # Billed: each document delivered; an empty initial snapshot costs one read.
-        self.source.meter.add(len(items) if items or not initial else 1)
+        billed = len(items) if items or not initial else 1
+        self.source.meter.add(billed)
+        with self._cond:
+            self._unbilled += billed
         self.snapshots += 1
         self.heard += 1
         self._last_signal = time.monotonic()
@@ -239,6 +243,12 @@ class Listener:
                 self._cond.wait(wait)
             batch, self._pending = self._pending[:max_items], self._pending[max_items:]
             return batch
+
+    def take_reads(self) -> int:
+        """The reads the stream was billed since the last call (for the session's run row)."""
+        with self._cond:
+            reads, self._unbilled = self._unbilled, 0
+            return reads
 
     @property
     def backlog(self) -> int:

@@ -105,7 +105,7 @@ class LiveMirror:
     def stop(self, status: str = "ok", message: str = "") -> None:
         self.listener.close()
         if self._run is not None:
-            self.engine.close_live(self._run, status, message)
+            self.engine.close_live(self._run, status, message, self.listener.take_reads())
             self._run = None
         self._set(STOPPED, "")
 
@@ -156,7 +156,7 @@ class LiveMirror:
             watermark = Watermark(max(markers) - self.listener.margin)
         docs = _newest_per_id([i.doc for i in items])
         try:
-            self.engine.apply_live(self._run, docs, watermark)
+            self.engine.apply_live(self._run, docs, watermark, self.listener.take_reads())
         except EmpsyncError as exc:
             # Nothing of the batch committed and the watermark did not move:
             # the re-subscription delivers these changes again.

@@ -455,6 +455,9 @@ def test_a_burst_is_absorbed_with_a_bounded_hand_off(make_config, mysql_url, fir
         assert sampler.samples > 100
         assert sampler.peak_streaming <= bound, f"the hand-off held {sampler.peak_streaming}, over its bound {bound}"
         assert wait_listening(service)
+    # Each read is in one run row: the listen session's, or a catch-up run's, never both.
+    runs = runs_table(config)
+    assert sum(r["firestore_reads"] for r in runs) <= service.engine.source.meter.reads, runs
 
 
 # -- 4. ordering -------------------------------------------------------------------------------
@@ -538,6 +541,8 @@ def test_headless_logs_the_listen_state(tmp_path, make_config, mysql_url, firest
         mark = process.count()
         update(firestore_client, "e1", salary=4)
         process.wait_line("Employee updated: e1", after=mark)
+        firestore_client.collection("employees").document("e1").delete()
+        process.wait_line("Employee deleted: e1 (soft delete)", after=mark)
         process.signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
