@@ -18,7 +18,9 @@ been in TRANSIENT_FAILURE for ``LINK_GRACE_S`` counts as a lost stream. A
 stream that delivers no snapshot and no resume-token move for ``SILENCE_S``
 counts as dead too (the emulator sends no heartbeats, so on a quiet collection
 this re-subscribes once a ``SILENCE_S``; with ``updated_field`` that costs the
-documents of the last applied snapshot, at least one read).
+documents of the last applied snapshot, at least one read). Without
+``updated_field`` each re-subscription reads the whole collection, so there
+the silence bound is ``SILENCE_WHOLE_S``: the channel check covers outages.
 
 Resume points: a change can reach the stream well after the time in its
 ``updated_field``: on the emulator under load, a server timestamp is taken
@@ -48,6 +50,8 @@ log = logging.getLogger("empsync.listen")
 
 # A stream with no snapshot and no heartbeat for this long is treated as dead.
 SILENCE_S = 60.0
+# The same without updated_field, where a re-subscription costs the whole collection.
+SILENCE_WHOLE_S = 900.0
 # A channel that cannot reach the server for this long means the stream is lost.
 LINK_GRACE_S = 2.0
 # Re-subscribe from a newer watermark this often (or once this many changes came after the
@@ -181,8 +185,9 @@ class Listener:
         token = getattr(watch, "resume_token", None)
         if token != self._last_token:  # heartbeats move the resume token without a callback
             self._last_token, self._last_signal = token, now
-        if now - self._last_signal > SILENCE_S:
-            return f"no snapshot or heartbeat for {SILENCE_S:.0f} s"
+        silence = SILENCE_S if self.watches_changes_only else SILENCE_WHOLE_S
+        if now - self._last_signal > silence:
+            return f"no snapshot or heartbeat for {silence:.0f} s"
         if self.watches_changes_only and (now - self._subscribed_at > REFRESH_S or self._delivered > REFRESH_DOCS):
             return "refresh from a newer watermark"
         return None
