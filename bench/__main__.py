@@ -22,6 +22,7 @@ from . import apply, force, idle, rss
 from .harness import Servers, say, servers
 from .options import Sizes, parse
 from .report import Goal, emit, summary, warn
+from .summary import table
 
 Benchmark = Callable[[Servers, Sizes], tuple[dict[str, Any], list[Goal]]]
 RUNNERS: dict[str, Benchmark] = {"apply": apply.run, "force": force.run, "rss": rss.run, "idle": idle.run}
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for goal in goals:
         verdict = "PASS" if goal.passed else "MISS"
         say(f"{verdict} {goal.benchmark}: {goal.what}: {goal.figure} (goal {goal.op} {goal.target:g})")
+    print(table([report]), file=sys.stderr)  # every benchmark's goals, those run elsewhere too
     if broken:
         return 1
     return 1 if args.strict and not report["all_passed"] else 0
