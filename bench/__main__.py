@@ -18,14 +18,20 @@ from typing import Any
 from core.errors import EmpsyncError
 from tests.servers import ServerMissing
 
-from . import apply, force, idle, rss
+from . import apply, force, idle, latency, rss
 from .harness import Servers, say, servers
 from .options import Sizes, parse
 from .report import Goal, emit, summary, warn
 from .summary import table
 
 Benchmark = Callable[[Servers, Sizes], tuple[dict[str, Any], list[Goal]]]
-RUNNERS: dict[str, Benchmark] = {"apply": apply.run, "force": force.run, "rss": rss.run, "idle": idle.run}
+RUNNERS: dict[str, Benchmark] = {
+    "apply": apply.run,
+    "force": force.run,
+    "rss": rss.run,
+    "idle": idle.run,
+    "latency": latency.runner,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -278,7 +278,7 @@ def goals(result: dict[str, Any]) -> list[Goal]:
 
 def runner(servers: Servers, sizes) -> tuple[dict[str, Any], list[Goal]]:
     """The ``bench`` registry's shape: (Servers, Sizes) -> (result, goals)."""
-    result = run(servers, samples=getattr(sizes, "latency_samples", 500))
+    result = run(servers, samples=sizes.latency_samples)
     return result, goals(result)
 
 

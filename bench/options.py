@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, fields, replace
 
-BENCHMARKS = ("apply", "force", "rss", "idle")
+BENCHMARKS = ("apply", "force", "rss", "idle", "latency")
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,12 @@ class Sizes:
     idle_docs: int = 1_000
     batch_size: int = 500  # [target] batch_size of the product runs
     page_size: int = 2_000  # [source] page_size of the product runs
+    latency_samples: int = 500  # listen mode: write-to-row samples at 10 a second
 
 
-QUICK = Sizes(apply_rows=400, force_docs=2_000, pairs=1, rss_small=500, rss_large=5_000, idle_docs=100)
+QUICK = Sizes(
+    apply_rows=400, force_docs=2_000, pairs=1, rss_small=500, rss_large=5_000, idle_docs=100, latency_samples=50
+)
 
 
 def env_name(field: str) -> str:
