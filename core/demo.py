@@ -84,7 +84,9 @@ def demo_environment(
         host = emulator_host
         if host is None:
             print("starting the Firestore emulator…", file=sys.stderr)
-            emulator = Emulator(log_path=workdir / "emulator.log").start()
+            # Tied to our life even through kill -9; safe here, before any thread starts
+            # (preexec_fn in a threaded process is not).
+            emulator = Emulator(log_path=workdir / "emulator.log", die_with_parent=True).start()
             host = emulator.host
         target = target_url or os.environ.get("EMPSYNC_TARGET_URL") or f"sqlite:///{workdir / 'demo.db'}"
         config = demo_config(host, target)
@@ -139,7 +141,7 @@ def seed_only(args: argparse.Namespace) -> int:
     emulator = None
     host = args.emulator_host
     if host is None:
-        emulator = Emulator(die_with_parent=False).start()
+        emulator = Emulator().start()
         host = emulator.host
     client = make_client(demo_config(host, "sqlite://"))
     seed(client, args.employees)

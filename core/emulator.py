@@ -91,7 +91,7 @@ class Emulator:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
-        die_with_parent: bool = True,
+        die_with_parent: bool = False,
     ) -> None:
         self.bind = host
         self.die_with_parent = die_with_parent

@@ -326,7 +326,7 @@ def test_emulator_restart_under_a_running_service(tmp_path, make_config, mysql_u
     # A private emulator on a fixed port: the shared one must not go down under other tests.
     # No preexec_fn (die_with_parent): forking with it from this many-threaded process can
     # crash the child; the finally below stops the emulator instead.
-    emu = Emulator(port=free_port(), log_path=tmp_path / "emulator.log", die_with_parent=False).start()
+    emu = Emulator(port=free_port(), log_path=tmp_path / "emulator.log").start()
     try:
         config = listen_config(make_config, mysql_url, source={"emulator_host": emu.host, "timeout": 3})
         app = make_client(config)
