@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from .config import Config
 from .events import Event, StatusChanged, SyncFailed
@@ -18,6 +19,7 @@ from .service import SyncService
 log = logging.getLogger("empsync")
 
 STOP_TIMEOUT_S = 9.0
+LISTEN_REPORT_S = 60.0  # how often --no-ui reports the listener's lag in listen mode
 
 
 def log_event(event: Event) -> None:
@@ -26,6 +28,17 @@ def log_event(event: Event) -> None:
         log.info("Status: %s%s", event.state, f" ({event.detail})" if event.detail else "")
     elif isinstance(event, SyncFailed) and event.hint:
         log.info("Hint: %s", event.hint)
+
+
+def log_listen_health(snapshot: dict) -> None:
+    lag = snapshot.get("lag_ms")
+    log.info(
+        "Listener %s: lag %s, backlog %s, %s reconnects",
+        snapshot.get("listen_state", "?"),
+        "-" if lag is None else f"{lag} ms",
+        snapshot.get("listen_backlog", 0),
+        snapshot.get("listen_reconnects", 0),
+    )
 
 
 def run_headless(config: Config, log_format: str = "text") -> int:
@@ -50,10 +63,14 @@ def run_headless(config: Config, log_format: str = "text") -> int:
     service.start()
     if api is not None:
         api.start()
+    next_report = time.monotonic() + LISTEN_REPORT_S
     while not stopping.wait(1.0):
         if not service.alive:
             log.error("the worker thread ended unexpectedly")
             return 1
+        if config.sync.mode == "listen" and time.monotonic() >= next_report:
+            next_report = time.monotonic() + LISTEN_REPORT_S
+            log_listen_health(service.snapshot())
     if api is not None:
         api.stop()
     clean = service.stop(STOP_TIMEOUT_S)
