@@ -20,26 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from core import config as cfg
+from core.demo import DEMO_FIELDS
 from core.emulator import Emulator
 from core.source import make_client
 from tests.servers import MariaDB
 
-# The employee collection of the repository's sync.toml, plus a few more types.
-FIELDS: dict[str, dict[str, Any]] = {
-    "name": {"type": "string", "required": True, "max_length": 200},
-    "email": {"type": "string", "max_length": 254},
-    "phone": {"type": "string", "max_length": 40},
-    "department": {"type": "string", "max_length": 100},
-    "position": {"type": "string", "max_length": 100},
-    "status": {"type": "string", "max_length": 20},
-    "salary": {"type": "integer"},
-    "rating": {"type": "float"},
-    "remote": {"type": "boolean"},
-    "hired_at": {"type": "date"},
-    "address.city": {"type": "string", "column": "city", "max_length": 100},
-    "skills": {"type": "json"},
-    "updated_at": {"type": "datetime"},
-}
+# The employee collection of the repository's sync.toml (as the demo maps it), plus two more types.
+FIELDS: dict[str, dict[str, Any]] = {**DEMO_FIELDS, "rating": {"type": "float"}, "remote": {"type": "boolean"}}
 
 SEED_BATCH = 500  # Firestore's limit of writes per commit
 SEED_WORKERS = 8

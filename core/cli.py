@@ -11,12 +11,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, check_interval, load
 from .errors import ConfigError, EmpsyncError
+
+if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it import it
+    from .engine import SyncEngine
 
 log = logging.getLogger("empsync")
 
@@ -119,14 +123,23 @@ def emit_json(data: Any) -> None:
 # -- commands -------------------------------------------------------------------
 
 
-def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+@contextmanager
+def open_engine(config: Config, schema: bool = True) -> Iterator[SyncEngine]:
+    """An engine for one command, its schema ensured, closed afterwards."""
     from .engine import SyncEngine
 
     engine = SyncEngine(config)
     try:
-        result = engine.run(force=args.force, dry_run=args.dry_run, when_due=True, trigger="cli")
+        if schema:
+            engine.db.ensure_schema()
+        yield engine
     finally:
         engine.close()
+
+
+def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    with open_engine(config, schema=False) as engine:  # the run ensures it, with errors as a result
+        result = engine.run(force=args.force, dry_run=args.dry_run, when_due=True, trigger="cli")
     if args.json:
         emit_json(result.to_json())
     elif result.exit_code:
@@ -139,66 +152,46 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from .engine import SyncEngine
     from .render import status_text
     from .status import build_status
 
-    engine = SyncEngine(config)
-    try:
+    with open_engine(config) as engine:
         status = build_status(engine)
-    finally:
-        engine.close()
     emit_json(status) if args.json else print(status_text(status))
     return EXIT_OK
 
 
 def cmd_stats(args: argparse.Namespace, config: Config) -> int:
-    from .engine import SyncEngine
     from .render import stats_text
     from .status import build_stats
 
-    engine = SyncEngine(config)
-    try:
+    with open_engine(config) as engine:
         stats = build_stats(engine)
-    finally:
-        engine.close()
     emit_json(stats) if args.json else print(stats_text(stats))
     return EXIT_OK
 
 
 def cmd_changes(args: argparse.Namespace, config: Config) -> int:
-    from .engine import SyncEngine
     from .render import changes_text, jsonable
 
     if args.limit < 1:
         raise ConfigError("--limit", "must be at least 1")
-    engine = SyncEngine(config)
-    try:
-        engine.db.ensure_schema()
+    with open_engine(config) as engine:
         rows = engine.state.recent_changes(limit=args.limit)
-    finally:
-        engine.close()
     emit_json([jsonable(r) for r in rows]) if args.json else print(changes_text(rows))
     return EXIT_OK
 
 
 def cmd_rejects(args: argparse.Namespace, config: Config) -> int:
-    from .engine import SyncEngine
     from .render import jsonable, rejects_text
 
-    engine = SyncEngine(config)
-    try:
-        engine.db.ensure_schema()
+    with open_engine(config) as engine:
         rows = engine.state.rejects()
-    finally:
-        engine.close()
     emit_json([jsonable(r) for r in rows]) if args.json else print(rejects_text(rows))
     return EXIT_OK
 
 
 def cmd_interval(args: argparse.Namespace, config: Config) -> int:
-    from .engine import SyncEngine
-
     if args.reset == (args.seconds is not None):
         raise UsageError("empsync interval: give SECONDS or --reset")
     seconds = None
@@ -208,9 +201,7 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
         except ValueError:
             raise ConfigError("interval", f"{args.seconds!r} is not a whole number of seconds") from None
         check_interval(seconds)
-    engine = SyncEngine(config)
-    try:
-        engine.db.ensure_schema()
+    with open_engine(config) as engine:
         if seconds is None:
             engine.state.forget("interval")
             setting = engine.state.interval()
@@ -218,20 +209,12 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
         else:
             engine.state.set_interval(seconds)
             print(f"interval set to {seconds} s (stored in the database; a running service picks it up)")
-    finally:
-        engine.close()
     return EXIT_OK
 
 
 def cmd_pause(args: argparse.Namespace, config: Config, paused: bool = True) -> int:
-    from .engine import SyncEngine
-
-    engine = SyncEngine(config)
-    try:
-        engine.db.ensure_schema()
+    with open_engine(config) as engine:
         engine.state.set(paused="1" if paused else "0")
-    finally:
-        engine.close()
     print("scheduled runs paused; `empsync resume` resumes them" if paused else "scheduled runs resumed")
     return EXIT_OK
 

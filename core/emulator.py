@@ -37,6 +37,24 @@ def _die_with_parent() -> None:
         pass
 
 
+def stop_group(process: subprocess.Popen, kill: bool = False, timeout: float = 10.0) -> None:
+    """Stop a process started with start_new_session=True, and everything in its group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    # A child (the JVM behind a wrapper script) may outlive the leader for a moment.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -143,23 +161,9 @@ class Emulator:
         urllib.request.urlopen(request, timeout=30).close()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        # The JVM may outlive the wrapper script for a moment; make sure the group is gone.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process, kill=kill)
+            self.process = None
 
     def restart(self) -> None:
         self.stop()

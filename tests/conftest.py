@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from core import config as cfg
+from core.demo import DEMO_FIELDS
 from core.errors import EmpsyncError
 from core.source import make_client
 
@@ -27,21 +28,12 @@ from .servers import MariaDB, ServerMissing, start_emulator
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
 
+# The repository's employee mapping (as the demo uses it), plus the types it lacks.
 EMPLOYEE_FIELDS: dict[str, dict[str, Any]] = {
-    "name": {"type": "string", "required": True, "max_length": 200},
-    "email": {"type": "string", "max_length": 254},
-    "phone": {"type": "string", "max_length": 40},
-    "department": {"type": "string", "max_length": 100},
-    "position": {"type": "string", "max_length": 100},
-    "status": {"type": "string", "max_length": 20},
-    "salary": {"type": "integer"},
+    **DEMO_FIELDS,
     "rating": {"type": "float"},
     "remote": {"type": "boolean"},
-    "hired_at": {"type": "date"},
     "bio": {"type": "text"},
-    "address.city": {"type": "string", "column": "city", "max_length": 100},
-    "skills": {"type": "json"},
-    "updated_at": {"type": "datetime"},
 }
 
 

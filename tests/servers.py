@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pymysql
 
-from core.emulator import Emulator, free_port
+from core.emulator import Emulator, free_port, stop_group
 
 MARIADB_INSTALL_HINT = "install it: apt-get install mariadb-server (the tests start their own server)"
 USER, PASSWORD = "empsync", "s3cret-test-pw"
@@ -124,18 +123,9 @@ class MariaDB:
             conn.close()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process, kill=kill, timeout=60)
+            self.process = None
 
     def destroy(self) -> None:
         self.stop()
