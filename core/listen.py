@@ -139,6 +139,13 @@ class Listener:
     def close(self) -> None:
         watch, self._watch = self._watch, None
         if watch is not None:
+            # google-api-core's resumable stream reopens itself after close() on a
+            # retryable error (UNAVAILABLE while the server is down), and then lives
+            # on without a target: a thread and a stream leaked per outage, and a
+            # reconnect loop spawning threads meanwhile. Closed, any error ends it.
+            rpc = getattr(watch, "_rpc", None)
+            if rpc is not None:
+                rpc._should_terminate = lambda _exc: True
             try:
                 watch.unsubscribe()
             except Exception:  # noqa: BLE001 - closing a broken stream may raise; it is closed either way

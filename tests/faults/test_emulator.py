@@ -5,8 +5,9 @@ Here a real ``empsync --no-ui`` listens while the app writes at a steady rate;
 the emulator is killed ``emulator_restarts`` times at random moments and
 started again on the same port with the data it held (its own export, taken
 with the writes paused, so Firestore's truth survives the restart). The
-service must come back to ``listening`` by itself each time, and the changes
-written just before and just after every outage must all arrive.
+service must come back to ``listening`` by itself each time, the changes
+written just before and just after every outage must all arrive, and no
+thread may be left behind by an outage.
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ from .support import (
 pytestmark = pytest.mark.integration
 
 
+def settled_threads(pid: int) -> int:
+    """The service's thread count, the least of a few samples (gRPC starts short-lived ones)."""
+    counts = []
+    for _ in range(6):
+        with open(f"/proc/{pid}/status") as status:
+            counts.append(next(int(line.split()[1]) for line in status if line.startswith("Threads:")))
+        time.sleep(0.5)
+    return min(counts)
+
+
 def test_emulator_restarts_under_a_listening_service(
     own_emulator, project, make_config, mysql_url, tmp_path, processes
 ):
@@ -54,6 +65,7 @@ def test_emulator_restarts_under_a_listening_service(
     processes.append(proc)
     proc.wait_line("Status: listening", timeout=90)
     writer = Writer(emu.host, project, ids, SIZES.write_rate, rng).start()
+    threads = [settled_threads(proc.pid)]
     outages = []
     try:
         for k in range(SIZES.emulator_restarts):
@@ -68,10 +80,15 @@ def test_emulator_restarts_under_a_listening_service(
             emu.start()
             writer.resume()
             proc.wait_line("Status: listening", timeout=180, after=mark)
+            threads.append(settled_threads(proc.pid))
             outages.append((k, round(down, 1), writer.committed))
         time.sleep(2.0)
         writer.stop()
-        print(f"outages (n, seconds down, writes so far): {outages}; writer failures {writer.failed}")
+        print(
+            f"outages (n, seconds down, writes so far): {outages}; writer failures {writer.failed}; threads {threads}"
+        )
+        # A stream closed while the server was away must not live on (it did: a thread and a stream per outage).
+        assert threads[-1] <= threads[0] + 1, threads
         wait_converged(config, 120, alive=alive_check(proc))
         report = cli_verify(path)
         assert report["differences"] == 0 and report["rows"] == len(ids) + writer.new, report
