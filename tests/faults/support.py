@@ -247,6 +247,8 @@ class Writer:
         self._resume.set()
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._resume.set()
         self._thread.join(30)
@@ -329,20 +331,10 @@ class PersistentEmulator(Emulator):
         return metadata
 
 
-def connections(root, database: str, writing_only: bool = False) -> list[int]:
-    """Ids of the server connections on ``database``; with ``writing_only``, those inside a write transaction."""
+def connections(root, database: str) -> list[int]:
+    """Ids of the server connections on ``database`` (but the asking one)."""
     with root.cursor() as c:
-        if writing_only:
-            c.execute(
-                "SELECT t.trx_mysql_thread_id FROM information_schema.innodb_trx t "
-                "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
-                "WHERE p.db = %s AND t.trx_rows_modified > 0",
-                (database,),
-            )
-        else:
-            c.execute(
-                "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()", (database,)
-            )
+        c.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()", (database,))
         return [int(r[0]) for r in c.fetchall()]
 
 
