@@ -184,14 +184,14 @@ class Db:
         self.engine.dispose()
 
 
-def wait_running(db: Db, proc, kind: str, at_least: float, timeout: float = 120) -> Any:
-    """Until ``proc``'s newest ``kind`` run is running and has fetched ``at_least`` documents."""
+def wait_running(db: Db, proc, kind: str, at_least: float, timeout: float = 120, after_id: int = 0) -> Any:
+    """Until ``proc``'s newest ``kind`` run (newer than run ``after_id``) is running past ``at_least`` documents."""
 
     def check():
         if proc.process.poll() is not None:
             raise RuntimeError(f"exited {proc.process.returncode}:\n{proc.text()[-3000:]}")
         run = db.last_run(proc.pid, kind)
-        return run is not None and run.status == "running" and run.fetched >= at_least and run
+        return run is not None and run.id > after_id and run.status == "running" and run.fetched >= at_least and run
 
     return wait_for(check, timeout, f"a running {kind} run of pid {proc.pid} past {at_least:.0f} documents", 0.005)
 
