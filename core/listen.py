@@ -40,6 +40,8 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -118,7 +120,8 @@ class Listener:
         now = time.monotonic()
         self._subscribed_at = self._last_signal = now
         self._last_token = None
-        with self.source.translate():
+        _quiet_stream_endings()
+        with self.source.translate(), _no_reopen():
             self._watch = query.on_snapshot(functools.partial(self._on_snapshot, self._generation))
 
     def query(self, since: Watermark | None):
@@ -139,13 +142,6 @@ class Listener:
     def close(self) -> None:
         watch, self._watch = self._watch, None
         if watch is not None:
-            # google-api-core's resumable stream reopens itself after close() on a
-            # retryable error (UNAVAILABLE while the server is down), and then lives
-            # on without a target: a thread and a stream leaked per outage, and a
-            # reconnect loop spawning threads meanwhile. Closed, any error ends it.
-            rpc = getattr(watch, "_rpc", None)
-            if rpc is not None:
-                rpc._should_terminate = lambda _exc: True
             try:
                 watch.unsubscribe()
             except Exception:  # noqa: BLE001 - closing a broken stream may raise; it is closed either way
@@ -266,3 +262,52 @@ class Listener:
     def backlog(self) -> int:
         with self._cond:
             return len(self._pending)
+
+
+@contextmanager
+def _no_reopen() -> Iterator[None]:
+    """Streams opened inside never reopen themselves: the watchdog re-subscribes, with backoff.
+
+    google-api-core's resumable stream reopens at once on any retryable error,
+    without backoff. While the server refuses connections each new call fails
+    as it starts, its done callback runs inside ``open()`` and reopens again:
+    thousands of threads a second, then a RecursionError in gRPC's own threads
+    that wedged the client (a later poll never returned), and a stream closed
+    meanwhile lived on without a target, a thread and a stream left per outage.
+    The watch takes ``_should_recover`` when it is built, so refusing recovery
+    here ends a broken stream instead; ``needs_restart`` sees it stopped.
+    """
+    from google.cloud.firestore_v1 import watch
+
+    recover = watch._should_recover
+    watch._should_recover = lambda _exc: False
+    try:
+        yield
+    finally:
+        watch._should_recover = recover
+
+
+# The thread on which the client ends a broken stream (google.cloud.firestore_v1.watch).
+_STREAM_END_THREAD = "Thread-OnRpcTerminated"
+
+
+def _quiet_stream_endings() -> None:
+    """Log a stream's end in one line instead of the traceback Python prints for it.
+
+    The client ends a broken stream by re-raising its error on a thread of its
+    own, which nobody joins: the watchdog re-subscribes, so for the operator
+    this is an expected event, not a crash. Other threads keep the usual hook.
+    """
+    previous = threading.excepthook
+    if getattr(previous, "empsync_quiet_streams", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        thread = args.thread
+        if thread is not None and thread.name == _STREAM_END_THREAD and isinstance(args.exc_value, Exception):
+            log.debug("Firestore stream ended: %s", args.exc_value)
+            return
+        previous(args)
+
+    hook.empsync_quiet_streams = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
