@@ -39,6 +39,7 @@ CATALOGUE: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "soak": (
         "make soak",
         [
+            ("faults the service did not recover from", "<= 0"),
             ("documents lost", "<= 0"),
             ("duplicated changes", "<= 0"),
             ("RSS slope within a process (MB/hour)", "<= 10 MB/h"),
