@@ -208,7 +208,7 @@ def stored_settings(db: Db) -> dict[str, str]:
     return dict(db.rows("SELECT `key`, value FROM empsync_state WHERE `key` IN ('interval', 'paused')"))
 
 
-def test_random_requests_never_get_a_5xx_nor_change_anything_without_the_token(
+def test_random_requests_never_get_a_500_nor_change_anything_without_the_token(
     emulator, project, make_config, mysql_url, firestore_client, tmp_path, processes
 ):
     rng = seeded("api-abuse")
