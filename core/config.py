@@ -21,6 +21,7 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 FIELD_TYPES = ("string", "text", "integer", "float", "boolean", "datetime", "date", "json")
 DELETE_MODES = ("soft", "hard", "keep")
 MODES = ("poll", "listen")
+LISTEN_SCOPES = ("changes", "collection")
 INTERVAL_MIN, INTERVAL_MAX = 10, 86_400
 
 # Bookkeeping columns of the mirror table besides the id column (DESIGN §4).
@@ -77,6 +78,10 @@ class SyncConfig:
     force_interval: int = 3600
     cache_timeout: int = 300
     mode: str = "poll"
+    # What a listener watches with updated_field set: "changes" since the watermark (cheap
+    # re-subscriptions; a deletion of an unchanged document waits for the force run) or the
+    # whole "collection" (every deletion at once; each re-subscription reads every document).
+    listen_scope: str = "changes"
     # Days of field-level history kept in empsync_changes; 0 keeps everything.
     audit_retention_days: int = 90
     # A verify that would cost more Firestore reads than this needs --yes.
@@ -324,6 +329,8 @@ def validate(config: Config) -> None:
     _bounded("sync.verify_max_reads", y.verify_max_reads, 0, 10**9)
     if y.mode not in MODES:
         raise ConfigError("sync.mode", f"must be poll or listen, not {y.mode!r}")
+    if y.listen_scope not in LISTEN_SCOPES:
+        raise ConfigError("sync.listen_scope", f"must be changes or collection, not {y.listen_scope!r}")
     _bounded("api.port", a.port, 0, 65_535)
     check_target_url(t.url)
 

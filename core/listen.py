@@ -8,19 +8,23 @@ also asks ``needs_restart`` on every tick (the watchdog).
 
 Cost: with ``updated_field`` the listener watches only documents changed
 since the committed watermark, so a (re)subscription costs the documents
-changed since then, not the collection. Without it, every (re)subscription
-reads the whole collection once.
+changed since then, not the collection. A document outside that window is
+outside the watched set, so its deletion is not reported: the force run
+finds it. ``listen_scope = "collection"`` watches the whole collection
+instead, every deletion arriving at once, for a whole read of the collection
+per (re)subscription; that is also the only way without ``updated_field``.
 
-Liveness: the client retries a broken stream on its own and keeps reporting it
-active while the server is unreachable, so the stream's own view cannot tell
-an outage. The listener therefore also watches its gRPC channel: one that has
-been in TRANSIENT_FAILURE for ``LINK_GRACE_S`` counts as a lost stream. A
-stream that delivers no snapshot and no resume-token move for ``SILENCE_S``
-counts as dead too (the emulator sends no heartbeats, so on a quiet collection
-this re-subscribes once a ``SILENCE_S``; with ``updated_field`` that costs the
-documents of the last applied snapshot, at least one read). Without
-``updated_field`` each re-subscription reads the whole collection, so there
-the silence bound is ``SILENCE_WHOLE_S``: the channel check covers outages.
+Liveness: the client would reopen a broken stream on its own, at once and
+without end (see ``_no_reopen``); streams here end instead, and the watchdog
+re-subscribes with backoff. A stream can also hang on a dead link, so the
+listener watches its gRPC channel: one that has been in TRANSIENT_FAILURE for
+``LINK_GRACE_S`` counts as a lost stream. A stream that delivers no snapshot
+and no resume-token move for ``SILENCE_S`` counts as dead too (the emulator
+sends no heartbeats, so on a quiet collection this re-subscribes once a
+``SILENCE_S``; with ``updated_field`` that costs the documents of the last
+applied snapshot, at least one read). Where a re-subscription reads the whole
+collection, the silence bound is ``SILENCE_WHOLE_S``: the channel check
+covers outages.
 
 Resume points: a change can reach the stream well after the time in its
 ``updated_field``: on the emulator under load, a server timestamp is taken
@@ -52,7 +56,7 @@ log = logging.getLogger("empsync.listen")
 
 # A stream with no snapshot and no heartbeat for this long is treated as dead.
 SILENCE_S = 60.0
-# The same without updated_field, where a re-subscription costs the whole collection.
+# The same where a re-subscription costs the whole collection.
 SILENCE_WHOLE_S = 900.0
 # A channel that cannot reach the server for this long means the stream is lost.
 LINK_GRACE_S = 2.0
@@ -73,9 +77,10 @@ class LiveItem:
 
 
 class Listener:
-    def __init__(self, source: FirestoreSource, max_pending: int) -> None:
+    def __init__(self, source: FirestoreSource, max_pending: int, scope: str = "changes") -> None:
         self.source = source
         self.max_pending = max_pending
+        self.scope = scope
         self._cond = threading.Condition()
         self._pending: list[LiveItem] = []
         self._watch = None
@@ -96,8 +101,13 @@ class Listener:
         self._unbilled = 0  # reads metered but not yet counted in the session's run row
 
     @property
-    def watches_changes_only(self) -> bool:
+    def keeps_watermark(self) -> bool:
+        """Whether snapshots move the watermark (and their delivery lag can be measured)."""
         return bool(self.source.updated_path)
+
+    @property
+    def watches_changes_only(self) -> bool:
+        return self.keeps_watermark and self.scope == "changes"
 
     @property
     def margin(self) -> timedelta:
@@ -209,7 +219,7 @@ class Listener:
                 doc = SourceDoc(doc.id, doc.data, doc.update_time, read_time)
             items.append(LiveItem(doc))
         initial, self._first = self._first, False
-        if not initial and items and read_time is not None and self.watches_changes_only:
+        if not initial and items and read_time is not None and self.keeps_watermark:
             stamps = [self.source.updated_value(i.doc) for i in items if i.doc.exists]
             oldest = min((t for t in stamps if t is not None), default=None)
             if oldest is not None and read_time - oldest > self.max_lag:

@@ -52,7 +52,9 @@ class LiveMirror:
         self.catch_up = catch_up
         self.on_state = on_state
         self.batch_size = engine.config.target.batch_size
-        self.listener = Listener(engine.source, max_pending=self.batch_size * PENDING_BATCHES)
+        self.listener = Listener(
+            engine.source, max_pending=self.batch_size * PENDING_BATCHES, scope=engine.config.sync.listen_scope
+        )
         self.state = STOPPED
         self.detail = ""
         self.reconnects = 0
@@ -68,12 +70,15 @@ class LiveMirror:
         return self.state == LISTENING
 
     def status(self) -> dict[str, Any]:
-        cost = (
-            "each (re)subscription reads only the documents changed since the watermark; "
-            "deletions of documents unchanged since then are found by the force run"
-            if self.listener.watches_changes_only
-            else "no updated_field: each (re)subscription reads the whole collection"
-        )
+        if self.listener.watches_changes_only:
+            cost = (
+                "each (re)subscription reads only the documents changed since the watermark; "
+                "deletions of documents unchanged since then are found by the force run"
+            )
+        elif self.listener.keeps_watermark:
+            cost = "listen_scope = collection: each (re)subscription reads the whole collection"
+        else:
+            cost = "no updated_field: each (re)subscription reads the whole collection"
         return {
             "listen_state": self.state,
             "listen_detail": self.detail,
@@ -152,7 +157,7 @@ class LiveMirror:
     def _apply(self, items: list[LiveItem]) -> None:
         markers = [i.snapshot_read_time for i in items if i.snapshot_read_time is not None]
         watermark = None
-        if markers and self.listener.watches_changes_only:
+        if markers and self.listener.keeps_watermark:
             watermark = Watermark(max(markers) - self.listener.margin)
         docs = _newest_per_id([i.doc for i in items])
         try:

@@ -217,6 +217,12 @@ def test_bad_sync_mode(mode):
     assert exc.key == "sync.mode" and "poll or listen" in exc.message
 
 
+@pytest.mark.parametrize("scope", ["all", "Collection", ""])
+def test_bad_listen_scope(scope):
+    exc = error_of(sync={"listen_scope": scope})
+    assert exc.key == "sync.listen_scope" and "changes or collection" in exc.message
+
+
 @pytest.mark.parametrize("mode", ["soft", "hard", "keep"])
 def test_every_delete_mode_is_accepted(mode):
     assert build(target={"delete_mode": mode}).target.delete_mode == mode

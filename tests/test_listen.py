@@ -29,6 +29,7 @@ from sqlalchemy import select
 import core.emulator as emulator_module
 from core import config as cfg
 from core import listen
+from core import state as keys
 from core.api import ControlApi
 from core.emulator import Emulator, free_port
 from core.engine import SyncEngine
@@ -267,6 +268,31 @@ def test_without_updated_field_the_whole_collection_is_watched(make_config, mysq
         assert service.snapshot()["listen_reconnects"] == 0
     # The initial snapshot, the removal, the get that confirms it, and e6's update.
     assert listen_runs(config)[-1]["firestore_reads"] == 12 + 1 + 1 + 1
+    assert differences(config, firestore_client) == []
+
+
+def test_listen_scope_collection_mirrors_every_deletion_and_keeps_the_watermark(
+    make_config, mysql_url, firestore_client
+):
+    write_docs(firestore_client, {f"e{i}": employee(i) for i in range(12)})
+    config = listen_config(make_config, mysql_url, sync={"listen_scope": "collection"})
+    with live(config) as (service, _events):
+        snapshot = wait_for(
+            lambda: (s := service.snapshot()).get("listen_detail") == "the whole collection" and s,
+            30,
+            "the listener on the whole collection",
+        )
+        assert snapshot["listen_cost"] == "listen_scope = collection: each (re)subscription reads the whole collection"
+        wait_for(lambda: len(mirror_rows(config)) == 12, 30, "the initial 12 rows")
+        before = service.engine.state.get(keys.WATERMARK)
+        # e3 has not changed since the watermark: outside a "changes" listener's set, inside this one.
+        firestore_client.collection("employees").document("e3").delete()
+        wait_row(config, "e3", lambda r: r["deleted_at"] is not None, "the soft delete of e3 by the listener")
+        assert [a["kind"] for a in audit_rows(config, "e3") if a["operation"] == "delete"] == ["listen"]
+        update(firestore_client, "e4", salary=4)
+        wait_row(config, "e4", lambda r: r["salary"] == 4, "the update of e4")
+        # Snapshots still move the watermark, so a polled run in a fallback reads little.
+        wait_for(lambda: service.engine.state.get(keys.WATERMARK) != before, 30, "the watermark to move")
     assert differences(config, firestore_client) == []
 
 
