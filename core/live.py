@@ -129,11 +129,12 @@ class LiveMirror:
             self._failed(f"{reason} before the first snapshot")
             return
         if not first:
-            self.reconnects += 1
+            routine = reason.startswith("refresh")  # a planned move to a newer watermark, not a fault
+            if not routine:
+                self.reconnects += 1
             if reason != "not subscribed":  # after a failed attempt the retry was announced already
-                level = logging.INFO if reason.startswith("refresh") else logging.WARNING
-                log.log(level, "Re-subscribing: %s", reason)
-                if not reason.startswith("refresh"):
+                log.log(logging.DEBUG if routine else logging.WARNING, "Re-subscribing: %s", reason)
+                if not routine:
                     self._set(RECONNECTING, reason)
         try:
             if self._run is None:
