@@ -6,11 +6,14 @@ Nothing here mocks anything.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pymysql
@@ -135,3 +138,18 @@ class MariaDB:
 def start_emulator(log_dir: Path | None = None) -> Emulator:
     log_path = (log_dir or Path(tempfile.mkdtemp(prefix="empsync-emulator-"))) / "emulator.log"
     return Emulator(log_path=log_path).start()
+
+
+def export_emulator(host: str, project: str, folder: Path) -> str:
+    """The emulator's own export of a project; returns the metadata file ``--import-data`` takes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"database": f"projects/{project}/databases/(default)", "export_directory": str(folder)})
+    request = urllib.request.Request(
+        f"http://{host}/emulator/v1/projects/{project}:export",
+        data=body.encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=60).close()
+    (metadata,) = glob.glob(str(folder / "**" / "*.overall_export_metadata"), recursive=True)
+    return metadata

@@ -9,17 +9,14 @@ deadline; nothing asserts on wall time (latency is ``bench/latency.py``'s job).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +36,7 @@ from core.service import SyncService
 from core.source import make_client
 
 from .conftest import employee, run_cli, write_docs, write_toml
+from .servers import export_emulator
 from .service_support import Events, Headless, http, mirror_rows, runs_table, wait_for
 
 pytestmark = pytest.mark.integration
@@ -333,21 +331,6 @@ def test_a_silent_stream_is_resubscribed_cheaply(make_config, mysql_url, firesto
         assert spent <= 3 * reconnects + 1, (spent, reconnects)
 
 
-def export_emulator(emu: Emulator, project: str, folder: Path) -> str:
-    """The emulator's own export of a project; returns the metadata file ``--import-data`` takes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"database": f"projects/{project}/databases/(default)", "export_directory": str(folder)})
-    request = urllib.request.Request(
-        f"http://{emu.host}/emulator/v1/projects/{project}:export",
-        data=body.encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=30).close()
-    (metadata,) = glob.glob(str(folder / "**" / "*.overall_export_metadata"), recursive=True)
-    return metadata
-
-
 def test_emulator_restart_under_a_running_service(tmp_path, make_config, mysql_url, project, monkeypatch):
     # A private emulator on a fixed port: the shared one must not go down under other tests.
     # No preexec_fn (die_with_parent): forking with it from this many-threaded process can
@@ -363,7 +346,7 @@ def test_emulator_restart_under_a_running_service(tmp_path, make_config, mysql_u
             for i in range(1, 6):
                 update(app, f"e{i}", salary=70_000 + i)
             write_docs(app, {"before": employee(500)})
-            metadata = export_emulator(emu, project, tmp_path / "export")
+            metadata = export_emulator(emu.host, project, tmp_path / "export")
             app.close()
             mark = events.mark()
             emu.stop(kill=True)

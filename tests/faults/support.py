@@ -8,7 +8,6 @@ moments of a failed run (every case prints the seed it used).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import random
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from core.emulator import Emulator
 from core.source import make_client
 
 from ..conftest import REPO, employee, run_cli
+from ..servers import export_emulator
 from ..service_support import http, wait_for
 
 FULL = os.environ.get("EMPSYNC_FAULTS_SIZE", "").strip().lower() == "full"
@@ -317,18 +316,8 @@ class PersistentEmulator(Emulator):
 
     def export(self, project: str, folder: Path) -> str:
         """The emulator's own export of a project; the next start imports it."""
-        folder.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"database": f"projects/{project}/databases/(default)", "export_directory": str(folder)})
-        request = urllib.request.Request(
-            f"http://{self.host}/emulator/v1/projects/{project}:export",
-            data=body.encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        urllib.request.urlopen(request, timeout=60).close()
-        (metadata,) = glob.glob(str(folder / "**" / "*.overall_export_metadata"), recursive=True)
-        self.import_from = metadata
-        return metadata
+        self.import_from = export_emulator(self.host, project, folder)
+        return self.import_from
 
 
 def connections(root, database: str) -> list[int]:
