@@ -291,10 +291,9 @@ async def test_keys_answer_while_a_large_sync_runs(make_config, sqlite_url, fire
     service.stop()
 
 
-def last_line(pane) -> str:
-    """The pane's last line; "" while it has none yet (the first records may still be on their way)."""
-    lines = pane.text_lines()
-    return lines[-1] if lines else ""
+def arrived(pane, line: str) -> bool:
+    """Whether ``line`` is among the pane's newest lines (the service may log a line after it)."""
+    return any(text.endswith(line) for text in pane.text_lines()[-20:])
 
 
 @pytest.mark.integration
@@ -310,22 +309,26 @@ async def test_log_is_bounded_and_keeps_the_readers_place(make_config, sqlite_ur
             chatty.info("%s %d", prefix, n)
 
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: leading(service), "the service to lead")
+        await until(pilot, lambda: leading(service) and last_run_done(service), "the first run to end")
         threading.Thread(target=lines, args=("line", 2500)).start()
-        await until(pilot, lambda: last_line(app.log_pane).endswith("line 2499"), "the first burst")
+        await until(pilot, lambda: arrived(app.log_pane, "line 2499"), "the first burst")
         assert len(app.log_pane.lines) == 2000  # bounded
         view = app.log_pane
-        view.focus()
-        await pilot.press("pageup", "pageup", "up")  # reading somewhere near the end, not at it
+        assert view.following
+        # The reader scrolls up to somewhere near the end (set directly: key scrolls animate).
+        view.scroll_to(y=view.max_scroll_y - 20, animate=False, immediate=True)
+        await pilot.pause()
         reading = view.visible_text()[0]
         assert not view.following
 
         threading.Thread(target=lines, args=("more", 300)).start()
-        await until(pilot, lambda: last_line(view).endswith("more 299"), "the second burst")
+        await until(pilot, lambda: arrived(view, "more 299"), "the second burst")
         await pilot.pause()
         assert view.visible_text()[0] == reading, "the view moved under the reader"
         assert len(view.lines) == 2000  # while older lines fell off the top
+        view.focus()
         await pilot.press("end")
+        await pilot.wait_for_scheduled_animations()
         assert view.following
 
         for n in range(3000):  # far faster than any screen: lines are shed, and the Log says so
