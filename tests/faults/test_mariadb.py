@@ -167,9 +167,13 @@ def test_connections_killed_mid_batch_while_a_standby_waits(
                 what = "all, the lock's too"
             assert killed >= 1
             # The batch is lost with its connection, or with the lock: the run fails, the next one carries on.
-            ended = wait_for(
-                lambda r=run: (now := run_by_id(db, r.id)).status != "running" and now, 60, f"run {run.id} to fail"
-            )
+            # Within the driver's read timeout (120 s) at worst: a socket the kill left open fails then.
+            try:
+                ended = wait_for(
+                    lambda r=run: (now := run_by_id(db, r.id)).status != "running" and now, 150, f"run {run.id} to fail"
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n" + "\n".join(p.text()[-3000:] for p, _ in services)) from None
             hit.append((k, what, run.id, run.fetched, killed, ended.status))
             assert ended.status == "failed", (ended, [p.text()[-3000:] for p, _ in services])
         print("connection kills (n, which, run, fetched, killed, status):", hit)
