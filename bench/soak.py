@@ -53,7 +53,7 @@ from core.simulator import MobileApp, seed
 from core.source import make_client
 from tests.conftest import run_cli, write_toml
 from tests.faults.checks import audit_report, slope, verify_now
-from tests.faults.support import TOKEN, Db, PersistentEmulator, api, connections, kill_connections
+from tests.faults.support import TOKEN, Db, Paced, PersistentEmulator, api, connections, kill_connections
 from tests.servers import MariaDB
 from tests.service_support import Headless, wait_for
 
@@ -87,51 +87,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class App:
+class App(Paced):
     """The simulated mobile app, stepped at a steady rate on its own thread; pausable."""
 
     def __init__(self, client, employees: int, rate: float, rng_seed: int) -> None:
+        super().__init__(1.0 / rate, "soak-app")
         self.app = MobileApp(client, start_count=employees, rng_seed=rng_seed)
-        self.interval = 1.0 / rate
         self.ok: Counter[str] = Counter()
         self.failed = 0
-        self._stop = threading.Event()
-        self._go = threading.Event()
-        self._go.set()
-        self._busy = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="soak-app", daemon=True)
 
-    def start(self) -> App:
-        self._thread.start()
-        return self
-
-    def pause(self) -> None:
-        self._go.clear()
-        with self._busy:
-            pass
-
-    def resume(self) -> None:
-        self._go.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._go.set()
-        self._thread.join(30)
-
-    def _loop(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            if not self._go.wait(0.2):
-                next_at = time.monotonic()
-                continue
-            with self._busy:
-                if self._go.is_set() and not self._stop.is_set():
-                    try:
-                        self.ok[kind_of(self.app.step())] += 1
-                    except Exception:  # noqa: BLE001 - the emulator is down: the app's write fails, as offline
-                        self.failed += 1
-            next_at = max(next_at + self.interval, time.monotonic() - 1.0)
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+    def write(self) -> None:
+        try:
+            self.ok[kind_of(self.app.step())] += 1
+        except Exception:  # noqa: BLE001 - the emulator is down: the app's write fails, as offline
+            self.failed += 1
 
 
 def kind_of(what: str) -> str:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import create_engine, text
 
@@ -198,7 +198,53 @@ def wait_running(db: Db, proc, kind: str, at_least: float, timeout: float = 120,
 # -- the mobile app's steady write load ---------------------------------------------
 
 
-class Writer:
+class Paced:
+    """A thread calling ``write()`` at a steady pace, ``period`` seconds apart; pausable between writes."""
+
+    def __init__(self, period: float, name: str) -> None:
+        self.period = period
+        self._stop = threading.Event()
+        self._resume = threading.Event()
+        self._resume.set()
+        self._busy = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def pause(self) -> None:
+        """Stop writing; returns once no write is in flight."""
+        self._resume.clear()
+        with self._busy:
+            pass
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._resume.set()
+        self._thread.join(30)
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if not self._resume.wait(0.2):
+                next_at = time.monotonic()
+                continue
+            with self._busy:
+                if self._resume.is_set() and not self._stop.is_set():
+                    self.write()
+            # Steady on average, but no burst to make up for a stall longer than a second.
+            next_at = max(next_at + self.period, time.monotonic() - 1.0)
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+class Writer(Paced):
     """Batch commits at a steady rate: updates of known documents, and some new ones.
 
     Every update writes a salary taken from one counter, so no field ever gets
@@ -217,6 +263,7 @@ class Writer:
         per_commit: int = 5,
         new_share: float = 0.2,
     ) -> None:
+        super().__init__(per_commit / rate, "fault-writer")
         self.client = client_for(host, project)
         self.collection = self.client.collection("employees")
         self.ids = list(ids)
@@ -226,70 +273,39 @@ class Writer:
         self.new = 0
         self.committed = self.failed = 0
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._resume = threading.Event()
-        self._resume.set()
-        self._busy = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="fault-writer", daemon=True)
-
-    def start(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def pause(self) -> None:
-        """Stop writing; returns once no commit is in flight."""
-        self._resume.clear()
-        with self._busy:
-            pass
-
-    def resume(self) -> None:
-        self._resume.set()
 
     def stop(self) -> None:
         if self._stop.is_set():
             return
-        self._stop.set()
-        self._resume.set()
-        self._thread.join(30)
+        super().stop()
         self.client.close()
 
-    def _loop(self) -> None:
+    def write(self) -> None:
         from google.cloud import firestore
 
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            if not self._resume.is_set():
-                self._resume.wait(0.2)
-                next_at = time.monotonic()
-                continue
-            with self._busy:
-                if not self._resume.is_set():
-                    continue
-                batch = self.client.batch()
-                fresh = []
-                for _ in range(self.per_commit):
-                    self.counter += 1
-                    if self.rng.random() < self.new_share or not self.ids:
-                        self.new += 1
-                        key = f"w{self.new:06d}"
-                        batch.set(self.collection.document(key), employee(self.counter, salary=self.counter))
-                        fresh.append(key)
-                    else:
-                        key = self.rng.choice(self.ids)
-                        batch.update(
-                            self.collection.document(key),
-                            {"salary": self.counter, "updated_at": firestore.SERVER_TIMESTAMP},
-                        )
-                try:
-                    batch.commit(retry=None, timeout=5)
-                    self.committed += self.per_commit
-                    self.ids.extend(fresh)
-                except Exception as exc:  # noqa: BLE001 - the emulator is away: skip, as an app offline would
-                    self.failed += 1
-                    self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-                    self._stop.wait(0.2)
-            next_at = max(next_at + self.per_commit / self.rate, time.monotonic() - 1.0)
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+        batch = self.client.batch()
+        fresh = []
+        for _ in range(self.per_commit):
+            self.counter += 1
+            if self.rng.random() < self.new_share or not self.ids:
+                self.new += 1
+                key = f"w{self.new:06d}"
+                batch.set(self.collection.document(key), employee(self.counter, salary=self.counter))
+                fresh.append(key)
+            else:
+                key = self.rng.choice(self.ids)
+                batch.update(
+                    self.collection.document(key),
+                    {"salary": self.counter, "updated_at": firestore.SERVER_TIMESTAMP},
+                )
+        try:
+            batch.commit(retry=None, timeout=5)
+            self.committed += self.per_commit
+            self.ids.extend(fresh)
+        except Exception as exc:  # noqa: BLE001 - the emulator is away: skip, as an app offline would
+            self.failed += 1
+            self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._stop.wait(0.2)
 
 
 # -- servers to break --------------------------------------------------------------
