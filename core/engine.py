@@ -339,6 +339,10 @@ class SyncEngine:
                 )
                 for doc, row, digest in valid
             ]
+            # Rows the database cannot take (too large for one statement, say) are rejects, not a failed batch.
+            plans, unstorable = self.mirror.refuse_unstorable(conn, plans)
+            rejected += unstorable
+            run.counts.rejected += len(unstorable)
             for plan in plans:
                 self._count(plan.decision.op, run.counts)
             if run.dry_run:
