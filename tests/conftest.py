@@ -103,6 +103,15 @@ def target_url(request) -> str:
     return request.getfixturevalue(TARGET_URLS[request.param])
 
 
+SERVERS = {"mariadb": "mysql_url", "postgresql": "postgresql_url"}
+
+
+@pytest.fixture(params=list(SERVERS))
+def server_url(request) -> str:
+    """Runs the test once per database server: for what SQLite has no part in (a lock on a server)."""
+    return request.getfixturevalue(SERVERS[request.param])
+
+
 @pytest.fixture
 def make_config(emulator, project) -> Callable[..., cfg.Config]:
     """A Config for this test's project on the shared emulator; keyword sections override."""

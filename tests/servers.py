@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -137,6 +138,17 @@ class MariaDB:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def steal_lock(self, lock) -> pymysql.connections.Connection:
+        """Cut the connection holding empsync's GET_LOCK and take the lock; close the result to give it back."""
+        holder = self.query("SELECT IS_USED_LOCK(%s)", lock.name)[0][0]
+        assert holder is not None, "nobody holds the lock"
+        conn = self.root()
+        with conn.cursor() as c:
+            c.execute(f"KILL {int(holder)}")
+            c.execute("SELECT GET_LOCK(%s, 10)", (lock.name,))
+            assert c.fetchone()[0] == 1
+        return conn
+
 
 class PostgreSQL:
     """A private postgres with its own data folder, unix socket and loopback port.
@@ -162,10 +174,23 @@ class PostgreSQL:
     def url(self, database: str, password: str = PASSWORD, user: str = USER) -> str:
         return f"postgresql+psycopg://{user}:{password}@127.0.0.1:{self.port}/{database}"
 
-    def _as_user(self) -> dict:
+    def _as_user(self, command: list[str]) -> list[str]:
+        """The command, run as the unprivileged user when we are root.
+
+        Through setpriv rather than Popen(user=...): changing user makes
+        Python fork instead of vfork, and a fork runs gRPC's fork handlers,
+        which crash the child while the emulator's client streams.
+        """
         if self.run_as is None:
-            return {}
-        return {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []}
+            return command
+        user = str(self.run_as.pw_uid), str(self.run_as.pw_gid)
+        return [
+            _binary("setpriv", hint="it comes with util-linux"),
+            f"--reuid={user[0]}",
+            f"--regid={user[1]}",
+            "--clear-groups",
+            *command,
+        ]
 
     def start(self, timeout: float = 60.0) -> PostgreSQL:
         try:
@@ -181,21 +206,22 @@ class PostgreSQL:
         first = not self.datadir.exists()
         if first:
             subprocess.run(
-                [
-                    initdb,
-                    f"--pgdata={self.datadir}",
-                    f"--username={self.ADMIN}",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "--encoding=UTF8",
-                    "--no-locale",
-                    "--no-sync",
-                ],
+                self._as_user(
+                    [
+                        initdb,
+                        f"--pgdata={self.datadir}",
+                        f"--username={self.ADMIN}",
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--no-locale",
+                        "--no-sync",
+                    ]
+                ),
                 check=True,
                 capture_output=True,
                 timeout=120,
                 cwd=self.base,
-                **self._as_user(),
             )
         args = [
             postgres,
@@ -217,7 +243,7 @@ class PostgreSQL:
         ]
         log = open(self.base / "postgres.log", "ab")  # noqa: SIM115 - the server writes it while it runs
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=log, start_new_session=True, cwd=self.base, **self._as_user()
+            self._as_user(args), stdout=log, stderr=log, start_new_session=True, cwd=self.base
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -257,13 +283,37 @@ class PostgreSQL:
             return list(cursor.fetchall()) if cursor.description else []
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is not None:
-            stop_group(self.process, kill=kill, timeout=60)
-            self.process = None
+        if self.process is None:
+            return
+        if not kill:
+            # SIGINT is a fast shutdown; SIGTERM (a smart one) would wait for every client to leave.
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        stop_group(self.process, kill=True, timeout=60)
+        self.process = None
 
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def steal_lock(self, lock):
+        """Cut the connection holding empsync's advisory lock and take the lock; close the result to give it back."""
+        database = lock.engine.url.database
+        (holder,) = self.query(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid::bigint = %s AND objid::bigint = %s",
+            lock.params["high"],
+            lock.params["low"],
+            database=database,
+        )[0]
+        conn = self.admin(database)
+        conn.execute("SELECT pg_terminate_backend(%s)", (holder,))
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock.params["key"],))
+        return conn
 
 
 def _major_version(folder: str) -> int:

@@ -8,6 +8,7 @@ every target in test_sync.py.
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime
 from typing import Any
 
@@ -90,7 +91,7 @@ def small_packet_mariadb(tmp_path):
     server = MariaDB(tmp_path / "small-packet", settings=("--max-allowed-packet=256K",))
     try:
         server.start()
-    except (ServerMissing, OSError) as exc:
+    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
         _unavailable("MariaDB", exc)
     yield server
     server.destroy()
