@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", parents=[common], help="one sync run, then exit (cron-able)")
     p.add_argument("--force", action="store_true", help="full read and compare, finds deletions")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="let a full read delete more rows than [target] max_delete_fraction allows",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     for name, text in (
@@ -139,7 +144,13 @@ def open_engine(config: Config, schema: bool = True) -> Iterator[SyncEngine]:
 
 def cmd_sync(args: argparse.Namespace, config: Config) -> int:
     with open_engine(config, schema=False) as engine:  # the run ensures it, with errors as a result
-        result = engine.run(force=args.force, dry_run=args.dry_run, when_due=True, trigger="cli")
+        result = engine.run(
+            force=args.force,
+            dry_run=args.dry_run,
+            when_due=True,
+            trigger="cli",
+            allow_mass_delete=args.allow_mass_delete,
+        )
     if args.json:
         emit_json(result.to_json())
     elif result.exit_code:
