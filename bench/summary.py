@@ -27,9 +27,20 @@ from typing import Any
 CATALOGUE: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "apply": (
         "make bench",
-        [("insert throughput, store / row by row", ">= 30x"), ("update throughput, store / row by row", ">= 30x")],
+        [
+            (f"{phase} throughput{on}, store / row by row", ">= 30x")
+            for on in ("", " on postgresql")
+            for phase in ("insert", "update")
+        ],
     ),
-    "force": ("make bench", [("force sync / stream wall time (median of pairs)", "<= 1.3")]),
+    "force": (
+        "make bench",
+        [
+            (f"{run}{on} / stream wall time (median of pairs)", "<= 1.3")
+            for on in ("", " on postgresql")
+            for run in ("force sync", "unchanged force re-run")
+        ],
+    ),
     "rss": ("make bench", [("peak RSS growth, small to large force sync", "<= 40 MB")]),
     "idle": ("make bench", [("Firestore reads of an idle normal run", "<= 2")]),
     "latency": (

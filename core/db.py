@@ -57,8 +57,6 @@ def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]],
     quote = dialect.identifier_preparer.quote
     columns = list(rows[0])
     processors = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
-    mark = _placeholder(dialect.paramstyle)
-    group = "(" + ", ".join([mark] * len(columns)) + ")"
     verb, tail = ours.statement(conn, table, update)
     head = f"{verb} {dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in columns)}) VALUES "
     limits = ours.limits(conn)
@@ -68,11 +66,12 @@ def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]],
     values_of = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
     processed = [(i, process) for i, process in enumerate(processors) if process is not None]
 
+    group_bytes = 10 * len(columns) + 4  # "($123456, …), " at most
     params: list[Any] = []
     count = size = 0
 
     def flush() -> None:
-        conn.exec_driver_sql(head + ", ".join([group] * count) + tail, tuple(params))
+        conn.exec_driver_sql(head + _values(dialect.paramstyle, len(columns), count) + tail, tuple(params))
 
     for row in rows:
         values = values_of(row)
@@ -81,7 +80,7 @@ def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]],
             for i, process in processed:
                 if values[i] is not None:
                     values[i] = process(values[i])
-        row_size = len(group) + 2 + sum(map(size_of, values))
+        row_size = group_bytes + sum(map(size_of, values))
         if row_size > room:
             raise _too_large(table, columns, values, row_size, room, ours)
         if count and (count == per_statement or size + row_size > room):
@@ -103,12 +102,20 @@ def _too_large(table: Table, columns: list[str], values: Sequence[Any], size: in
     )
 
 
-def _placeholder(paramstyle: str) -> str:
+def _values(paramstyle: str, columns: int, rows: int) -> str:
+    """The placeholders of a multi-row VALUES list, in the driver's style."""
+    if paramstyle == "numeric_dollar":  # numbered: $1, $2, … (PostgreSQL's own; nothing to rewrite)
+        return ", ".join(
+            "(" + ", ".join(f"${n}" for n in range(row * columns + 1, row * columns + columns + 1)) + ")"
+            for row in range(rows)
+        )
     if paramstyle == "qmark":
-        return "?"
-    if paramstyle in ("format", "pyformat"):
-        return "%s"
-    raise TargetError(f"unsupported driver parameter style {paramstyle!r}")
+        mark = "?"
+    elif paramstyle in ("format", "pyformat"):
+        mark = "%s"
+    else:
+        raise TargetError(f"unsupported driver parameter style {paramstyle!r}")
+    return ", ".join(["(" + ", ".join([mark] * columns) + ")"] * rows)
 
 
 class Database:

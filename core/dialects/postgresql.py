@@ -7,9 +7,10 @@
   ``text``. ``convert_from(firestore_id, 'UTF8')`` reads one in psql.
 - Times are ``timestamp without time zone`` (microseconds), naive UTC as on
   every target; sessions run in UTC with statement and lock timeouts.
-- Upserts are ``INSERT … ON CONFLICT``, as SQLite's. psycopg binds values
-  apart from the text, so a statement has no byte limit short of the
-  protocol's gigabyte; it is split at 256 MB and by parameter count.
+- Upserts are ``INSERT … ON CONFLICT``, as SQLite's, with numbered ``$1``
+  placeholders. psycopg binds values apart from the text, so a statement has
+  no byte limit short of the protocol's gigabyte; it is split at 256 MB and
+  by parameter count.
 - A string holding U+0000 cannot be stored in ``text``: that document is a
   reject naming the field, rather than a batch that fails every run.
 - The sync lock is a session advisory lock on a connection of its own, keyed
@@ -66,11 +67,17 @@ class PostgreSQL(Dialect):
     id_type = postgresql.BYTEA()
 
     def create_engine(self, url: URL) -> Engine:
+        import psycopg
+
         engine = create_engine(
             url,
             pool_pre_ping=True,
             pool_recycle=1800,
+            # PostgreSQL's own $1 placeholders, which psycopg's RawCursor sends as they are: its
+            # default %s style is rewritten in Python for every long statement, most of an upsert's cost.
+            paramstyle="numeric_dollar",
             connect_args={
+                "cursor_factory": psycopg.RawCursor,
                 "connect_timeout": 5,
                 "application_name": "empsync",
                 # A server that vanishes mid-query is noticed within a minute, not never.
