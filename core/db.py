@@ -159,18 +159,16 @@ def translate_errors(where: str, dialect: Dialect, secret: str = "") -> Iterator
     try:
         yield
     except DBAPIError as exc:
-        error = describe_db_error(exc, where, dialect)
-        if secret and len(secret) > 2:  # drivers do not echo passwords; never let one through if one does
-            error.message = error.message.replace(secret, "***")
-            error.args = (error.message,)
-        raise error from None
+        raise describe_db_error(exc, where, dialect, secret) from None
     except SQLAlchemyError as exc:
         # Never str(exc): SQLAlchemy appends the statement and its parameters.
         raise TargetError(f"database error on {where}: {type(exc).__name__}") from None
 
 
-def describe_db_error(exc: DBAPIError, where: str, dialect: Dialect) -> TargetError:
+def describe_db_error(exc: DBAPIError, where: str, dialect: Dialect, secret: str = "") -> TargetError:
     text = dialect.error_text(exc)
+    if len(secret) > 2:  # no driver here echoes the password; should one ever do, it stays hidden
+        text = text.replace(secret, "***")
     found = dialect.describe_error(exc, where, text)
     if found is not None:
         return found

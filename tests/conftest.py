@@ -44,6 +44,14 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def started(server):
+    """A test server started, or the test failed (CI) or skipped with the reason."""
+    try:
+        return server.start()
+    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
+        _unavailable(type(server).__name__, exc)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     try:
@@ -56,20 +64,14 @@ def emulator(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
-    try:
-        server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
-    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
-        _unavailable("MariaDB", exc)
+    server = started(MariaDB(tmp_path_factory.mktemp("mariadb")))
     yield server
     server.destroy()
 
 
 @pytest.fixture(scope="session")
 def postgres():
-    try:
-        server = PostgreSQL().start()
-    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
-        _unavailable("PostgreSQL", exc)
+    server = started(PostgreSQL())
     yield server
     server.destroy()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -27,8 +26,8 @@ from core.events import StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from core.service import SyncService
 from core.state import parse_iso, utcnow
 
-from .conftest import _unavailable, employee, run_cli, write_docs, write_toml
-from .servers import MariaDB, PostgreSQL, ServerMissing
+from .conftest import employee, run_cli, started, write_docs, write_toml
+from .servers import MariaDB, PostgreSQL
 from .service_support import Events, mirror_rows, running, runs_table, stored_state, wait_for, wait_leading
 
 pytestmark = pytest.mark.integration
@@ -373,10 +372,7 @@ def test_a_lost_lock_connection_drops_leadership_until_regained(fast, make_confi
 
 @pytest.mark.parametrize("server_class", [MariaDB, PostgreSQL], ids=["mariadb", "postgresql"])
 def test_a_database_outage_recovers_without_a_restart(fast, make_config, firestore_client, tmp_path, server_class):
-    try:
-        server = server_class(tmp_path / "outage").start()
-    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
-        _unavailable(server_class.__name__, exc)
+    server = started(server_class(tmp_path / "outage"))
     try:
         config = make_config(server.url(server.create_database("outage")), sync={"interval": 1, "force_interval": 3600})
         write_docs(firestore_client, {f"e{i}": employee(i) for i in range(10)})

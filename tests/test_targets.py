@@ -8,7 +8,6 @@ every target in test_sync.py.
 
 from __future__ import annotations
 
-import subprocess
 from datetime import datetime
 from typing import Any
 
@@ -27,23 +26,13 @@ from core.engine import SyncEngine
 from core.errors import TargetError
 from core.lock import make_lock
 
-from .conftest import _unavailable, employee, run_cli, write_docs, write_toml
-from .servers import PASSWORD, MariaDB, ServerMissing
+from .conftest import employee, run_cli, started, write_docs, write_toml
+from .servers import PASSWORD, MariaDB
 from .test_faults_core import WRONG_PASSWORD, assert_clear_failure, assert_no_secret
+from .test_sync import ok, rows
 
 BIG = 950_000  # characters of a text field: 20 of them are above MariaDB's default 16 MB packet
 KEY_OF_HR_EMPLOYEES = -5_666_023_484_773_039_975  # lock_key("hr", "employees") since the first release
-
-
-def rows(engine: SyncEngine) -> dict[str, dict[str, Any]]:
-    with engine.db.connect() as conn:
-        found = conn.execute(select(engine.db.tables.mirror)).mappings().all()
-    return {r["firestore_id"]: dict(r) for r in found}
-
-
-def ok(result):
-    assert result.status == "ok", (result.reason, result.hint)
-    return result.counts
 
 
 def write_one_by_one(client, docs: dict[str, dict[str, Any]]) -> None:
@@ -88,11 +77,7 @@ def test_large_documents_are_split_across_statements_and_all_land(make_config, t
 
 @pytest.fixture
 def small_packet_mariadb(tmp_path):
-    server = MariaDB(tmp_path / "small-packet", settings=("--max-allowed-packet=256K",))
-    try:
-        server.start()
-    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
-        _unavailable("MariaDB", exc)
+    server = started(MariaDB(tmp_path / "small-packet", settings=("--max-allowed-packet=256K",)))
     yield server
     server.destroy()
 
