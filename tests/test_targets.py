@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import bindparam, create_engine, event, select, text
 
 from core import config as cfg
 from core.db import Database, upsert
@@ -173,6 +173,22 @@ def test_a_row_no_statement_can_carry_fails_naming_the_table_before_anything_is_
         )
     assert "empsync_state" in info.value.message and "value the most" in info.value.message
     assert seen == []
+    db.dispose()
+
+
+@pytest.mark.integration
+def test_postgresql_takes_numbered_placeholders_in_plain_and_streamed_reads(make_config, postgresql_url):
+    db = Database(make_config(postgresql_url))
+    db.ensure_schema()
+    state = db.tables.state
+    rows_ = [{"key": f"k{i}", "value": str(i), "updated_at": datetime(2024, 1, 1)} for i in range(30)]
+    with db.begin() as conn:
+        upsert(conn, state, rows_, ["value"])
+    query = select(state.c.value).where(state.c.key != bindparam("skip")).order_by(state.c.key)
+    with db.connect() as conn:
+        plain = conn.execute(query, {"skip": "k0"}).scalars().all()
+        streamed = list(conn.execution_options(yield_per=7).execute(query, {"skip": "k0"}).scalars())
+    assert plain == streamed and len(plain) == 29
     db.dispose()
 
 

@@ -90,6 +90,7 @@ class PostgreSQL(Dialect):
 
         @event.listens_for(engine, "connect")
         def _session(dbapi_conn, _record) -> None:
+            dbapi_conn.server_cursor_factory = psycopg.RawServerCursor  # streamed reads take $1 too
             dbapi_conn.execute(SESSION)
             dbapi_conn.commit()
 
