@@ -3,9 +3,9 @@
 A dialect module subclasses ``Dialect`` and is listed in ``core.dialects.MODULES``
 under each SQLAlchemy backend name it serves. It must provide:
 
-- ``name``, ``backends``, ``drivers``, ``url_example``, ``install_hint``: the
-  URLs it takes; the first driver is used when a URL names none, and the
-  hint says how to install a missing driver (``check_url``);
+- ``name``, ``backends``, ``drivers``, ``driver_module``, ``url_example``,
+  ``install_hint``: the URLs it takes; the first driver is used when a URL
+  names none, and the hint says how to install a missing driver (``check_url``);
 - ``create_engine(url)``: the engine and the settings of each new session
   (UTC, strictness, timeouts);
 - ``id_type`` and ``id_to_db``: how document ids are stored, so that case,
@@ -16,10 +16,11 @@ under each SQLAlchemy backend name it serves. It must provide:
   insert-ignore (``ON CONFLICT`` here, which SQLite and PostgreSQL share);
 - ``read_limits`` and ``param_bytes``: the most one statement may carry, in
   parameters and bytes (read once per connection), and what one value adds;
+  ``limit_hint`` says how to raise the byte limit, where a server has one;
 - ``unstorable``: a value of a row it cannot hold, and why;
 - ``make_lock``: the sync lock, checked by ``still_held()`` before each commit;
-- ``describe_error``: a driver error in plain words (refused connection,
-  wrong password, missing database, missing grant), never the password.
+- ``error_text`` and ``describe_error``: a driver error in plain words
+  (refused connection, wrong password, missing database, missing grant).
 
 Then tests/servers.py starts a throwaway server of it and tests/conftest.py
 adds it as a ``target_url`` parameter, which runs the integration suites on it.
