@@ -117,7 +117,16 @@ def setup_logging(verbose: bool, fmt: str = "text") -> None:
 
 
 def emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    from .safe import json_safe
+
+    print(json_safe(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
+
+
+def emit_text(text: str) -> None:
+    """A command's text result; the renderers escape each value, this keeps the whole terminal-safe."""
+    from .safe import terminal_safe
+
+    print(terminal_safe(text, multiline=True))
 
 
 # -- commands -------------------------------------------------------------------
@@ -147,7 +156,7 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
     else:
         from .render import sync_summary
 
-        print(sync_summary(result))
+        emit_text(sync_summary(result))
     return result.exit_code
 
 
@@ -157,7 +166,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
     with open_engine(config) as engine:
         status = build_status(engine)
-    emit_json(status) if args.json else print(status_text(status))
+    emit_json(status) if args.json else emit_text(status_text(status))
     return EXIT_OK
 
 
@@ -167,7 +176,7 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
     with open_engine(config) as engine:
         stats = build_stats(engine)
-    emit_json(stats) if args.json else print(stats_text(stats))
+    emit_json(stats) if args.json else emit_text(stats_text(stats))
     return EXIT_OK
 
 
@@ -178,7 +187,7 @@ def cmd_changes(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError("--limit", "must be at least 1")
     with open_engine(config) as engine:
         rows = engine.state.recent_changes(limit=args.limit)
-    emit_json([jsonable(r) for r in rows]) if args.json else print(changes_text(rows))
+    emit_json([jsonable(r) for r in rows]) if args.json else emit_text(changes_text(rows))
     return EXIT_OK
 
 
@@ -187,7 +196,7 @@ def cmd_rejects(args: argparse.Namespace, config: Config) -> int:
 
     with open_engine(config) as engine:
         rows = engine.state.rejects()
-    emit_json([jsonable(r) for r in rows]) if args.json else print(rejects_text(rows))
+    emit_json([jsonable(r) for r in rows]) if args.json else emit_text(rejects_text(rows))
     return EXIT_OK
 
 
@@ -257,17 +266,19 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 
 
 def print_error(message: str, hint: str = "") -> None:
-    print(f"empsync: {message}", file=sys.stderr)
+    from .safe import terminal_safe
+
+    # A reason may quote a document id or a value from the config: one line each, escaped.
+    print(f"empsync: {terminal_safe(message)}", file=sys.stderr)
     if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
+        print(f"  hint: {terminal_safe(hint)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        print(exc, file=sys.stderr)
-        print("  hint: empsync --help lists the commands", file=sys.stderr)
+        print_error(str(exc).removeprefix("empsync: "), "empsync --help lists the commands")
         return EXIT_USAGE
     verbose = getattr(args, "verbose", False)
     try:
