@@ -114,7 +114,8 @@ def run_demo(args: argparse.Namespace) -> int:
         raise cfg.ConfigError("--pace", "must be a positive number of seconds")
     if args.seed_only:
         return seed_only(args)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Until the service's own handlers take over: a stop while the emulator starts or seeds cleans up too.
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with demo_environment(
             args.employees,
@@ -133,7 +134,8 @@ def run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def seed_only(args: argparse.Namespace) -> int:
