@@ -157,7 +157,7 @@ def http(
     """One request; returns (status, headers, JSON body or text)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
+    if data is not None or method == "POST":  # the API refuses a POST that is not JSON (415)
         request.add_header("Content-Type", "application/json")
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")

@@ -574,13 +574,7 @@ def run_console(config: Any) -> int:
         if config.api.enabled:
             from core.api import ControlApi
 
-            try:
-                api = ControlApi(service, config.api).start()
-            except OSError as exc:
-                raise EmpsyncError(
-                    f"the control API cannot listen on {config.api.host}:{config.api.port} ({exc.strerror or exc})",
-                    "set [api] port to a free port, or [api] enabled = false",
-                ) from None
+            api = ControlApi(service, config.api).start()  # a port in use is a ConfigError naming api.port
         app = EmpsyncApp(service, config, log_handler=handler, api=api)
         app.run()
         return app.return_code or 0
