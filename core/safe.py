@@ -31,6 +31,8 @@ _OTHERS = (
 )
 _UNSAFE = re.compile(f"[{_C0}{_OTHERS}]")
 _UNSAFE_BUT_LINES = re.compile(f"[{_C0_BUT_LINES}{_OTHERS}]")
+# What json.dumps leaves raw: it escapes C0 in strings, and C0 outside them is its indentation.
+_JSON_UNSAFE = re.compile(f"[{_OTHERS}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -73,9 +75,9 @@ def json_safe(encoded: str) -> str:
     controls or bidi overrides; outside strings JSON is ASCII, so every match is
     inside one and the escape decodes to the very same character.
     """
-    if _UNSAFE.search(encoded) is None:
+    if _JSON_UNSAFE.search(encoded) is None:
         return encoded
-    return _UNSAFE.sub(_json_escape, encoded)
+    return _JSON_UNSAFE.sub(_json_escape, encoded)
 
 
 def safe_values(value: Any) -> Any:

@@ -95,6 +95,8 @@ def test_json_safe_is_exact_and_safe(value):
     encoded = json_safe(json.dumps(value, ensure_ascii=False))
     assert json.loads(encoded) == value
     assert unsafe_chars(encoded) == []
+    indented = json_safe(json.dumps(value, ensure_ascii=False, indent=2))  # as the commands print it
+    assert json.loads(indented) == value and unsafe_chars(indented, lines=True) == []
 
 
 @given(st.dictionaries(HOSTILE, st.one_of(HOSTILE, st.lists(HOSTILE), st.integers())))
