@@ -71,6 +71,7 @@ HEADER_NAMES = [
     "Connection",
     "Expect",
     "Host",
+    "Origin",
     "X-Forwarded-For",
     "Accept",
     "Cookie",
@@ -96,9 +97,10 @@ STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
 # A request line that is not "METHOD PATH HTTP/1.x" is answered in the HTTP/0.9 style, with no
 # status line: the stdlib's error page, or (a two-word GET) the API's JSON error.
 HEADLESS_ANSWER = re.compile(rb'<p>Error code: (\d{3})</p>|"status": (\d{3})\}')
-# The API's own answers, and the stdlib's protocol-level ones: 414 line too long, 431 headers too
+# The API's own answers (403 a foreign Host or Origin, 415 a POST that is not JSON, 501 a
+# Transfer-Encoding), and the stdlib's protocol-level ones: 414 line too long, 431 headers too
 # large, 501 a method it does not know, 505 an HTTP version it does not speak. Never a 500.
-EXPECTED = {200, 202, 400, 401, 404, 405, 413, 414, 422, 431, 501, 505}
+EXPECTED = {200, 202, 400, 401, 403, 404, 405, 413, 414, 415, 422, 431, 501, 505}
 
 # Header values and path characters: no CR or LF (those would end the line, not fuzz it); sent as UTF-8.
 LINE_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=80)
@@ -161,6 +163,8 @@ def requests(draw, token: bool) -> bytes:
     headers: list[tuple[str, str]] = []
     if draw(st.integers(0, 9)) < 7:
         headers.append(("Content-Length", str(len(body))))
+    if draw(st.integers(0, 9)) < 7:  # most reach the body's checks; the rest meet the 415
+        headers.append(("Content-Type", "application/json"))
     if not token and draw(st.booleans()):
         headers.append(("Authorization", draw(st.one_of(st.sampled_from(AUTH_VALUES), LINE_TEXT))))
     for _ in range(draw(st.integers(0, 4))):
