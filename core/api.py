@@ -155,20 +155,14 @@ class ControlApi:
         self.metrics_public = api.metrics_public
         self.metrics = metrics or Metrics()
         self.server = _Server(_listen(api), type("Handler", (_Handler,), {"api": self}))
-        host, port = self.address
-        self.port = port
-        bound = ipaddress.ip_address(host.split("%")[0])
-        self._bound_ip = bound
+        host, self.port = self.server.listener.getsockname()[:2]
+        self.address: tuple[str, int] = (host, self.port)
+        self._bound_ip = ipaddress.ip_address(host.split("%")[0])
         # Names a Host header may carry besides loopback ones and IP literals of the bind.
         self._names = {api.host.lower().rstrip(".")}
-        if bound.is_unspecified:
+        if self._bound_ip.is_unspecified:
             self._names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
         service.subscribe(self.metrics.observe)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.server.listener.getsockname()[:2]
-        return str(host), int(port)
 
     def start(self) -> ControlApi:
         self.server.start()
@@ -250,13 +244,10 @@ class ControlApi:
             return
         try:
             parts = urlsplit(origin.strip())
-            same = host is not None and (parts.scheme, (parts.hostname or "").rstrip("."), parts.port or 80) == (
-                "http",
-                *host,
-            )
-        except ValueError:
-            same = False
-        if not same:
+            theirs = (parts.scheme, (parts.hostname or "").rstrip("."), parts.port or 80)
+        except ValueError:  # a port that is not a number
+            theirs = None
+        if host is None or theirs != ("http", *host):
             raise ApiError(HTTPStatus.FORBIDDEN, f"cross-origin requests are refused (Origin {origin.strip()[:100]!r})")
 
     def authorize(self, headers) -> None:
@@ -390,9 +381,6 @@ class _Reader:
     def pending(self) -> bytes:
         """Bytes read from the socket and not yet consumed (for a handler that takes the socket over)."""
         return self._take(len(self.conn.buf))
-
-    def close(self) -> None:
-        pass
 
 
 class _Writer:
@@ -556,7 +544,9 @@ class _Server:
             return
         conn.sock.setblocking(True)
         try:
-            threading.Thread(target=self._serve, args=(conn,), name="empsync-api-request", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn, self.slots), name="empsync-api-request", daemon=True
+            ).start()
         except RuntimeError:  # no thread to be had
             self.slots.release()
             _refuse_busy(conn)
@@ -587,7 +577,7 @@ class _Server:
 
     # -- a handler thread -----------------------------------------------------------------------
 
-    def _serve(self, conn: _Connection) -> None:
+    def _serve(self, conn: _Connection, slot: threading.BoundedSemaphore) -> None:
         keep = False
         try:
             keep = not self.handler(conn, conn.peer, self).close_connection
@@ -596,7 +586,7 @@ class _Server:
         except Exception:  # noqa: BLE001 - a bug: logged, and the server goes on
             log.exception("API handler failed")
         finally:
-            self.slots.release()
+            slot.release()
         if keep and not self._stopping:
             self._returned.append(conn)
             self._wake()

@@ -172,19 +172,20 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
             except EmpsyncError:
                 pass  # the next run that takes the lock marks it
             raise
-    if stopped.signal is not None:
-        # Whole batches are kept and the run is marked interrupted; say so, as a shell expects.
-        print_error(f"interrupted by {stopped.signal.name}: {result.reason or 'stopped'}", result.hint)
-        return 128 + stopped.signal
+    # Stopped by a signal: whole batches are kept and the run is marked interrupted; say so, and exit
+    # as a shell expects (130 for Ctrl-C). A run that ended before it noticed is reported as usual.
+    interrupted = stopped.signal if result.status == "failed" else None
     if args.json:
         emit_json(result.to_json())
+    elif interrupted:
+        print_error(f"interrupted by {interrupted.name}: {result.reason}", result.hint)
     elif result.exit_code:
         print_error(result.reason, result.hint)
     else:
         from .render import sync_summary
 
         emit_text(sync_summary(result))
-    return result.exit_code
+    return 128 + interrupted if interrupted else result.exit_code
 
 
 class Interrupted:
@@ -263,9 +264,9 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
     seconds = None
     if not args.reset:
         try:
-            seconds = int(args.seconds)
-        except ValueError:
-            raise ConfigError("interval", f"{args.seconds!r} is not a whole number of seconds") from None
+            seconds = whole_number(args.seconds)
+        except argparse.ArgumentTypeError:
+            raise ConfigError("interval", f"{args.seconds[:40]!r} is not a whole number of seconds") from None
         check_interval(seconds)
     with open_engine(config) as engine:
         if seconds is None:

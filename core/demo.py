@@ -110,8 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """``empsync demo``: the environment above, then the console (or the headless service)."""
     if args.employees < 1:
         raise cfg.ConfigError("--employees", "must be at least 1")
-    if args.pace <= 0:
-        raise cfg.ConfigError("--pace", "must be a positive number of seconds")
+    if not 0 < args.pace < 86_400:  # NaN fails this too
+        raise cfg.ConfigError("--pace", "must be a number of seconds above 0 and below 86,400")
     if args.seed_only:
         return seed_only(args)
     # Until the service's own handlers take over: a stop while the emulator starts or seeds cleans up too.

@@ -322,16 +322,22 @@ def test_a_non_loopback_api_without_a_token_refuses_to_start(make_config, sqlite
 
 
 def raw_exchange(served, data: bytes, timeout: float = 10) -> bytes:
-    """Bytes on a fresh connection; everything the server answers until it closes or goes quiet."""
+    """Bytes on a fresh connection, half-closed after them; everything the server answers."""
     host, port = served.api.address
     with socket.create_connection((host, port), timeout=timeout) as conn:
         conn.sendall(data)
-        chunks = []
-        try:
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        except (TimeoutError, ConnectionResetError):
-            pass
+        conn.shutdown(socket.SHUT_WR)
+        return read_all(conn)
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Until the server closes (or resets) the connection."""
+    chunks = []
+    try:
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
     return b"".join(chunks)
 
 
@@ -471,7 +477,7 @@ def test_a_slow_body_gets_408_and_a_silent_client_is_closed(served, monkeypatch)
                 Content_Length="16",
             )
         )
-        ((code, error),) = answers(conn.recv(65536))
+        ((code, error),) = answers(read_all(conn))  # 408, and the connection closed
         assert code == 408 and "body" in error["error"]
     with socket.create_connection((host, port), timeout=10) as conn:
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1")  # and never the rest
