@@ -75,7 +75,7 @@ def phases(config: Config, count: int, first: int = 0) -> list[Phase]:
             plans.append(
                 Planned(doc.id, decide(stored.get(doc.id), row, digest, update_time), row, digest, doc.update_time)
             )
-            stored[doc.id] = Stored(row, digest, update_time, False)
+            stored[doc.id] = Stored(row, digest, update_time)
         out.append(Phase(name, docs, plans))
     return out
 

@@ -281,12 +281,17 @@ class ControlApi:
             return HTTPStatus.OK, self.service.stats(), ""
         if route.endswith("/trigger"):
             force = payload.get("force", False)
-            if not isinstance(force, bool):
-                raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "force must be true or false")
+            allow_mass_delete = payload.get("allow_mass_delete", False)
+            if not isinstance(force, bool) or not isinstance(allow_mass_delete, bool):
+                raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "force and allow_mass_delete must be true or false")
+            if allow_mass_delete and not force:
+                raise ApiError(
+                    HTTPStatus.UNPROCESSABLE_ENTITY, "allow_mass_delete applies to a force run (force: true)"
+                )
             interval = _interval(payload, required=False)
             if interval is not None:
                 self.service.set_interval(interval)
-            ticket = self.service.force_sync("api") if force else self.service.sync_now("api")
+            ticket = self.service.force_sync("api", allow_mass_delete) if force else self.service.sync_now("api")
             snapshot = self.service.snapshot()
             return (
                 HTTPStatus.ACCEPTED,

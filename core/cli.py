@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", parents=[common], help="one sync run, then exit (cron-able)")
     p.add_argument("--force", action="store_true", help="full read and compare, finds deletions")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="let a full read delete more rows than [target] max_delete_fraction allows",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     for name, text in (
@@ -164,7 +169,12 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
     with open_engine(config, schema=False) as engine, interruptible() as stopped:  # the run ensures the schema
         try:
             result = engine.run(
-                force=args.force, dry_run=args.dry_run, when_due=True, trigger="cli", stop=stopped.event
+                force=args.force,
+                dry_run=args.dry_run,
+                when_due=True,
+                trigger="cli",
+                allow_mass_delete=args.allow_mass_delete,
+                stop=stopped.event,
             )
         except KeyboardInterrupt:  # the second signal: no waiting for the batch
             try:

@@ -66,6 +66,8 @@ class SourceConfig:
     page_size: int = 2000
     # Seconds a Firestore call may keep retrying before the run fails.
     timeout: int = 60
+    # The least margin a resume point keeps before the newest time seen; the measured commit lag widens it.
+    watermark_margin_ms: int = 100
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class TargetConfig:
     id_column: str = "firestore_id"
     delete_mode: str = "soft"
     batch_size: int = 500
+    # A run that would delete more than this fraction of the live rows deletes none (1.0: no guard).
+    max_delete_fraction: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,8 @@ def _check_type(cls: type, dotted: str, key: str, value: Any) -> Any:
     if key not in known:
         raise ConfigError(dotted, "unknown key", f"known keys: {', '.join(known)}")
     expected = type(known[key].default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # 1 means 1.0
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(dotted, f"must be {_type_word(expected)}, not {_type_word(type(value))}")
     return value
@@ -348,6 +354,9 @@ def validate(config: Config) -> None:
     _bounded("source.page_size", s.page_size, 1, 10_000)
     _bounded("source.timeout", s.timeout, 1, 3600)
     _bounded("target.batch_size", t.batch_size, 1, 10_000)
+    if not 0.0 <= t.max_delete_fraction <= 1.0:
+        raise ConfigError("target.max_delete_fraction", f"must be from 0 to 1 (got {t.max_delete_fraction:g})")
+    _bounded("source.watermark_margin_ms", s.watermark_margin_ms, 0, 60_000)
     if t.delete_mode not in DELETE_MODES:
         raise ConfigError("target.delete_mode", f"must be one of {', '.join(DELETE_MODES)}, not {t.delete_mode!r}")
     check_interval(y.interval, "sync.interval")

@@ -33,7 +33,11 @@ class Stored:
     values: Mapping[str, Any]
     content_hash: str | None
     update_time: datetime | None
-    deleted: bool
+    deleted_at: datetime | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
 
 
 class FieldChange(NamedTuple):
@@ -50,6 +54,9 @@ class Decision:
     # For an insert the new row itself: its "changes" (every field, from nothing)
     # are only spelled out when asked, as a first sync would build millions.
     inserted: Mapping[str, Any] | None = None
+    # The document is the version the row was written from, yet the row differs:
+    # it was changed behind empsync's back, and this write puts it right.
+    repaired: bool = False
 
     @property
     def changes(self) -> tuple[FieldChange, ...]:
@@ -69,12 +76,26 @@ class Decision:
 UNCHANGED = Decision(Op.UNCHANGED)
 
 
-def decide(stored: Stored | None, new: Mapping[str, Any], new_hash: str, update_time: datetime | None) -> Decision:
+def decide(
+    stored: Stored | None,
+    new: Mapping[str, Any],
+    new_hash: str,
+    update_time: datetime | None,
+    *,
+    verify: bool = False,
+) -> Decision:
+    """What to do with a new version. ``verify`` compares the values even when the hashes agree.
+
+    A row's stored hash says which version it was written from, not what it
+    holds now: an UPDATE by hand leaves the hash alone. Only a comparison of
+    the values finds that, so a force run verifies; other runs trust the hash.
+    """
     if stored is None:
         return Decision(Op.INSERT, inserted=new)
     if stored.update_time is not None and update_time is not None and update_time < stored.update_time:
         return Decision(Op.STALE)
-    if not stored.deleted and stored.content_hash == new_hash:
+    same_version = stored.content_hash == new_hash
+    if not stored.deleted and same_version and not verify:
         return UNCHANGED  # the hash covers every mapped value: no need to compare them
     changes = tuple(
         FieldChange(column, stored.values.get(column), value)
@@ -82,7 +103,11 @@ def decide(stored: Stored | None, new: Mapping[str, Any], new_hash: str, update_
         if not same(stored.values.get(column), value)
     )
     if stored.deleted:
-        return Decision(Op.RESTORE, changes)
+        # Soft-deleted while the document still holds the version the row was written from: by hand.
+        written_from = stored.update_time is not None and stored.update_time == update_time
+        return Decision(Op.RESTORE, changes, repaired=written_from)
+    if same_version:
+        return Decision(Op.UPDATE, changes, repaired=True) if changes else UNCHANGED
     # A differing hash with no differing column (a new hash scheme, or a row
     # written by hand) still needs its hash rewritten, and only that.
     return Decision(Op.UPDATE, changes)

@@ -9,36 +9,39 @@ nothing, and the next run carries on from the last commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import state as keys
 from .config import Config
 from .db import Database
-from .diff import Op, decide
+from .diff import Decision, Op, decide
 from .errors import Cancelled, EmpsyncError, LockHeld, TargetError
 from .events import BatchApplied, ChangeRecord, EventBus, SyncFailed, SyncFinished, SyncStarted
 from .lock import SyncLock, make_lock
 from .mapping import RejectError, content_hash, map_document
-from .source import FirestoreSource, SourceDoc, Watermark
+from .source import FirestoreSource, SourceDoc
 from .state import State, iso, parse_iso, utcnow
 from .store import MirrorStore, Planned, Rejected, naive_utc
+from .watermark import CorruptState, Watermark, margin, scope_of, stored_lag
 
 log = logging.getLogger("empsync.sync")
 
-# How far before a read's time a resume point is put when changes were that
-# recent: Firestore's commit order guarantees the rest; the margin covers the
-# emulator's millisecond server timestamps with room to spare.
-WATERMARK_MARGIN = timedelta(milliseconds=100)
-
 # Individual "employee updated" lines per batch before they are summarised.
 LOG_CHANGES_PER_BATCH = 20
+# Individual "employee repaired" lines per run before they are summarised.
+LOG_REPAIRS_PER_RUN = 20
+
+
+class MassDeleteBlocked(EmpsyncError):
+    """The mass-delete guard held back a run's deletions."""
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Counts:
     deleted: int = 0
     unchanged: int = 0
     stale: int = 0
+    repaired: int = 0  # rows found changed behind empsync's back and put right (force runs)
     rejected: int = 0
     firestore_reads: int = 0
     naive_reads: int = 0
@@ -77,11 +81,14 @@ class RunResult:
     started_at: datetime | None = None
     would_change: list[dict[str, Any]] = field(default_factory=list)
     exit_code: int = 0
+    # Whether a failure is worth retrying soon: a tripped mass-delete guard would trip again.
+    retry: bool = True
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "status": self.status,
             "reason": self.reason or None,
+            "hint": self.hint or None,
             "forced": self.forced,
             "dry_run": self.dry_run,
             **self.counts.as_dict(),
@@ -106,12 +113,22 @@ class _Run:
     now: datetime
     counts: Counts = field(default_factory=Counts)
     seen: set[str] = field(default_factory=set)
-    reject_ids: set[str] = field(default_factory=set)
     first_read_time: datetime | None = None
     started: datetime | None = None
     would_change: list[dict[str, Any]] = field(default_factory=list)
     # The sync lock the run holds; each writing transaction re-checks it before committing.
     lock: SyncLock | None = None
+    # Compare stored values, not only hashes, and put drifted rows right (force runs).
+    verify: bool = False
+    # When the last complete read of this scope began: a valid document older than
+    # that with no row lost its row behind empsync's back. None: repairs are not told apart.
+    full_read_at: datetime | None = None
+    allow_mass_delete: bool = False
+    # The largest commit lag known, and when the read that made the starting watermark saw the collection.
+    lag: timedelta = timedelta(0)
+    lag_measured: bool = False
+    read_since: datetime | None = None
+    repairs_logged: int = 0
 
 
 class SyncEngine:
@@ -178,6 +195,7 @@ class SyncEngine:
         trigger: str = "cli",
         lock: SyncLock | None = None,
         stop: threading.Event | None = None,
+        allow_mass_delete: bool = False,
     ) -> RunResult:
         """One sync run. ``when_due``: skip unless enabled, unpaused and due.
 
@@ -207,7 +225,7 @@ class SyncEngine:
                     "skipped: the sync lock was lost (its database connection ended)",
                     "the service syncs again once it holds the lock",
                 )
-            self._run(result, stop or threading.Event(), lock or own_lock)
+            self._run(result, stop or threading.Event(), lock or own_lock, allow_mass_delete)
         except LockHeld as exc:
             result.status, result.reason, result.hint, result.exit_code = (
                 "skipped",
@@ -222,6 +240,7 @@ class SyncEngine:
             return result
         except EmpsyncError as exc:
             result.status, result.reason, result.hint, result.exit_code = "failed", exc.message, exc.hint, exc.exit_code
+            result.retry = not isinstance(exc, MassDeleteBlocked)
         except Exception as exc:  # noqa: BLE001 - a bug must fail the run, not the thread hosting it
             log.exception("unexpected error in the sync run")
             result.status, result.reason, result.exit_code = "failed", f"internal error: {type(exc).__name__}: {exc}", 1
@@ -233,9 +252,31 @@ class SyncEngine:
             self._record_failure(result)
         return result
 
-    def _run(self, result: RunResult, stop: threading.Event, lock: SyncLock | None = None) -> None:
+    def _starting_point(self, values: dict[str, str | None], forced: bool) -> Watermark | None:
+        """The stored watermark for this scope; a force run reads everything and needs none."""
+        try:
+            return Watermark.loads(values.get(keys.WATERMARK), scope_of(self.config))
+        except CorruptState as exc:
+            if not forced:
+                raise
+            log.warning("%s; this force run writes a new one", exc.message)
+            return None
+
+    def _full_read_at(self, values: dict[str, str | None]) -> datetime | None:
+        """When the last complete read of this scope began (None if never, or for another scope)."""
+        try:
+            raw = json.loads(values.get(keys.FULL_READ) or "null")
+            if isinstance(raw, dict) and raw.get("scope") == scope_of(self.config):
+                return parse_iso(raw.get("at"))
+        except (ValueError, TypeError):
+            pass  # unreadable: repairs are not told apart until the next complete read
+        return None
+
+    def _run(
+        self, result: RunResult, stop: threading.Event, lock: SyncLock | None = None, allow_mass_delete: bool = False
+    ) -> None:
         values = self.state.get_all()
-        watermark = Watermark.loads(values.get(keys.WATERMARK))
+        watermark = self._starting_point(values, result.forced)
         incremental = not result.forced and bool(self.source.updated_path) and watermark is not None
         run = _Run(
             run_id=None if result.dry_run else self.state.start_run(result.kind, result.trigger),
@@ -244,11 +285,14 @@ class SyncEngine:
             incremental=incremental,
             now=result.started_at or utcnow(),
             lock=lock,
+            verify=result.forced,
+            full_read_at=self._full_read_at(values),
+            allow_mass_delete=allow_mass_delete,
+            lag=stored_lag(values, keys.COMMIT_LAG_MS),
+            read_since=watermark.read_at if incremental and watermark else None,
         )
         result.run_id = run.run_id
         reads_before = self.source.meter.reads
-        with self.db.connect() as conn:
-            run.reject_ids = self.state.reject_ids(conn)
         self.bus.emit(SyncStarted(utcnow(), run.run_id, run.kind, result.trigger, run.dry_run))
         log.info(
             "Starting employee sync (%s%s%s)",
@@ -256,6 +300,7 @@ class SyncEngine:
             ", incremental since " + iso(watermark.ts) if incremental and watermark else ", full read",
             ", dry run" if run.dry_run else "",
         )
+        blocked: MassDeleteBlocked | None = None
         try:
             pages = self.source.changed_pages(watermark) if incremental else self.source.all_pages()
             for batch in _batches(_prefetch(pages, stop), self.config.target.batch_size):
@@ -269,7 +314,10 @@ class SyncEngine:
                 self.source.meter.reads - reads_before,
             )
             if not incremental:
-                self._reconcile(run, values)
+                try:
+                    self._reconcile(run, watermark)
+                except MassDeleteBlocked as exc:
+                    blocked = exc  # the run's writes stand; it ends failed below, with its counts
         except Exception as exc:
             run.counts.firestore_reads = self.source.meter.reads - reads_before
             result.counts = run.counts
@@ -283,29 +331,42 @@ class SyncEngine:
         result.would_change = run.would_change
         if run.dry_run:
             return
+        self._finish(run, result, blocked)
+        if blocked is not None:
+            raise blocked
+        self.bus.emit(SyncFinished(utcnow(), result))
+
+    def _finish(self, run: _Run, result: RunResult, blocked: MassDeleteBlocked | None) -> None:
+        """Record a run that read to the end: its row, the last-sync times, the log line."""
         with self.db.connect() as conn:
             sizes = self.state.row_counts(conn)
         run.counts.naive_reads = sizes["rows"] + sizes["unmirrored_rejects"]
         duration_ms = int((utcnow() - run.now).total_seconds() * 1000)
-        self.state.finish_run(run.run_id, "ok", run.counts.as_dict(), duration_ms)
-        stamp = {keys.LAST_SYNC_AT: iso(run.now), keys.LAST_STATUS: "ok", keys.LAST_ERROR: None}
+        status = "failed" if blocked else "ok"
+        self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else "")
+        # A blocked run still counts as the attempt: the schedule must not start another full read at once.
+        stamp: dict[str, Any] = {keys.LAST_SYNC_AT: iso(run.now), keys.LAST_STATUS: status}
+        stamp[keys.LAST_ERROR] = blocked.message[:500] if blocked else None
         if result.forced:
             stamp[keys.LAST_FORCE_SYNC_AT] = iso(run.now)
         self.state.set(**stamp)
         self.state.prune_changes(self.config.sync.audit_retention_days)
+        result.duration_ms = duration_ms
+        if blocked:
+            return
         c = run.counts
         log.info(
-            "Employee sync completed: %d fetched, %d inserted, %d updated, %d deleted, %d unchanged, %d rejected; "
-            "%d Firestore reads (a full read: %d) in %d ms",
-            c.fetched, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.firestore_reads, c.naive_reads, duration_ms,
+            "Employee sync completed: %d fetched, %d inserted, %d updated, %d deleted, %d unchanged, %d repaired, "
+            "%d rejected; %d Firestore reads (a full read: %d) in %d ms",
+            c.fetched, c.inserted, c.updated, c.deleted, c.unchanged, c.repaired, c.rejected, c.firestore_reads,
+            c.naive_reads, duration_ms,
         )  # fmt: skip
-        result.duration_ms = duration_ms
-        self.bus.emit(SyncFinished(utcnow(), result))
 
     # -- a batch ---------------------------------------------------------------
 
     def _apply(self, docs: list[SourceDoc], run: _Run, watermark: Watermark | None = None) -> None:
         """One batch in one transaction. Documents with ``exists`` False are gone (listen mode)."""
+        docs = newest_per_id(docs)
         fields = self.config.fields
         valid: list[tuple[SourceDoc, dict[str, Any], str]] = []
         rejected: list[Rejected] = []
@@ -315,7 +376,7 @@ class SyncEngine:
                 gone.append(doc.id)
                 continue
             run.seen.add(doc.id)
-            if run.first_read_time is None and doc.read_time is not None:
+            if doc.read_time is not None and (run.first_read_time is None or doc.read_time < run.first_read_time):
                 run.first_read_time = doc.read_time
             try:
                 row = map_document(fields, doc.data)
@@ -329,39 +390,44 @@ class SyncEngine:
         opener = self.db.connect if run.dry_run else self.db.begin
         with opener() as conn:
             stored = self.mirror.load(conn, [doc.id for doc, _, _ in valid] + gone)
-            plans = [
-                Planned(
-                    doc.id,
-                    decide(stored.get(doc.id), row, digest, naive_utc(doc.update_time)),
-                    row,
-                    digest,
-                    doc.update_time,
-                )
-                for doc, row, digest in valid
-            ]
+            # Asked per batch, not remembered per run: another run (a poll while a listener
+            # reconnects, a force run) may have recorded or cleared a reject meanwhile.
+            previously_rejected = self.mirror.rejected_among(conn, [doc.id for doc in docs])
+            plans = []
+            for doc, row, digest in valid:
+                have = stored.get(doc.id)
+                decision = self._decide(run, have, doc, row, digest, previously_rejected)
+                found_deleted_at = have.deleted_at if have is not None else None
+                plans.append(Planned(doc.id, decision, row, digest, doc.update_time, found_deleted_at))
             for plan in plans:
-                self._count(plan.decision.op, run.counts)
+                _count(plan.decision, run.counts)
             if run.dry_run:
                 run.would_change.extend(_would_change(plans, rejected))
                 return
             audit = self.mirror.write(conn, plans, run.run_id, run.now)
             if rejected:
                 self.mirror.record_rejects(conn, rejected, run.run_id, run.now)
-            cleared = [p.doc_id for p in plans if p.doc_id in run.reject_ids]
-            cleared += [i for i in gone if i in run.reject_ids]
+            cleared = [p.doc_id for p in plans if p.doc_id in previously_rejected]
+            cleared += [i for i in gone if i in previously_rejected]
             if cleared:
                 self.mirror.clear_rejects(conn, cleared)
-                run.reject_ids.difference_update(cleared)
             removable = [i for i in gone if i in stored and not stored[i].deleted]
             if removable and self.config.target.delete_mode != "keep":
                 audit += self.mirror.remove(conn, removable, self.config.target.delete_mode, run.run_id, run.now)
                 run.counts.deleted += len(removable)
-            new_rejects = {r.doc_id for r in rejected} - run.reject_ids
-            run.reject_ids.update(new_rejects)
+            new_rejects = {r.doc_id for r in rejected} - previously_rejected
+            if run.incremental:
+                self._measure_lag(run, valid, plans)
             if watermark is None and run.incremental and docs:
-                watermark = self._cursor_after(docs[-1])
+                watermark = self._cursor_after(docs[-1], run)
+            checkpoint: dict[str, Any] = {}
             if watermark is not None:
-                self.state.put(conn, {keys.WATERMARK: watermark.dumps()})
+                checkpoint[keys.WATERMARK] = watermark.dumps(scope_of(self.config))
+            if run.lag_measured:
+                checkpoint[keys.COMMIT_LAG_MS] = int(run.lag.total_seconds() * 1000)
+                run.lag_measured = False
+            if checkpoint:
+                self.state.put(conn, checkpoint)
             self.state.record_progress(conn, run.run_id, run.counts.as_dict())
             _check_lock(run)
         mode = self.config.target.delete_mode
@@ -370,34 +436,68 @@ class SyncEngine:
                 log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
         self._announce(run, plans, rejected, audit, new_rejects)
 
-    def _cursor_after(self, last: SourceDoc) -> Watermark | None:
+    def _decide(
+        self,
+        run: _Run,
+        stored: Any,
+        doc: SourceDoc,
+        row: dict[str, Any],
+        digest: str,
+        previously_rejected: set[str],
+    ) -> Decision:
+        decision = decide(stored, row, digest, naive_utc(doc.update_time), verify=run.verify)
+        if run.full_read_at is None:
+            # No complete read of this scope to compare with (a new table or mapping):
+            # a difference is the new scope arriving, not drift.
+            return replace(decision, repaired=False) if decision.repaired else decision
+        if (
+            decision.op is Op.INSERT
+            and doc.id not in previously_rejected
+            and (updated := naive_utc(doc.update_time)) is not None
+            and updated < run.full_read_at
+        ):
+            # This version was there when the last complete read began, so that read wrote its row.
+            return replace(decision, repaired=True)
+        return decision
+
+    def _measure_lag(self, run: _Run, valid: list[tuple[SourceDoc, dict[str, Any], str]], plans: list[Planned]) -> None:
+        """A new version whose timestamp is older than the previous read was committed after it: a lag.
+
+        The previous read returned every document changed after its resume
+        point that had committed by then; one that turns up only now, with a
+        timestamp before that read, took that long from timestamp to commit.
+        """
+        if run.read_since is None:
+            return
+        for (doc, _, _), plan in zip(valid, plans, strict=True):
+            if not plan.decision.writes:
+                continue
+            stamp = self.source.updated_value(doc)
+            if stamp is not None and stamp < run.read_since and run.read_since - stamp > run.lag:
+                run.lag, run.lag_measured = run.read_since - stamp, True
+                log.info(
+                    "Measured a commit lag of %d ms (%s): resume points now keep %d ms",
+                    (run.read_since - stamp).total_seconds() * 1000,
+                    doc.id,
+                    margin(self.config, run.lag).total_seconds() * 1000,
+                )
+
+    def _cursor_after(self, last: SourceDoc, run: _Run) -> Watermark | None:
         """Where the next incremental read starts, given the last document applied.
 
-        A write that commits after our read can carry an updated_at a hair
-        below the read time (the emulator keeps milliseconds), and could sort
-        before the cursor. When the last document is that close to the read
-        time, resume a margin earlier instead: re-reading a few unchanged
-        documents costs reads, missing one would cost a row.
+        A write that commits after our read can carry an updated_at below the
+        read time (see ``watermark``), and would sort before the cursor. When
+        the last document is within the margin of the read time, resume a
+        margin earlier instead: re-reading a few unchanged documents costs
+        reads, missing one would cost a row.
         """
         ts = self.source.updated_value(last)
         if ts is None:
             return None
-        if last.read_time is not None and ts > last.read_time - WATERMARK_MARGIN:
-            return Watermark(last.read_time - WATERMARK_MARGIN)
-        return Watermark(ts, last.id)
-
-    @staticmethod
-    def _count(op: Op, counts: Counts) -> None:
-        if op is Op.INSERT:
-            counts.inserted += 1
-        elif op in (Op.UPDATE, Op.RESTORE):
-            counts.updated += 1
-            counts.restored += op is Op.RESTORE
-        elif op is Op.STALE:
-            counts.stale += 1
-            counts.unchanged += 1
-        else:
-            counts.unchanged += 1
+        keep = margin(self.config, run.lag)
+        if last.read_time is not None and ts > last.read_time - keep:
+            return Watermark(last.read_time - keep, read_at=last.read_time)
+        return Watermark(ts, last.id, read_at=last.read_time)
 
     def _announce(
         self,
@@ -421,11 +521,17 @@ class SyncEngine:
             )
             for a in audit
         )
-        written = [p for p in plans if p.decision.op in (Op.UPDATE, Op.RESTORE)]
+        written = [p for p in plans if p.decision.op in (Op.UPDATE, Op.RESTORE) and not p.decision.repaired]
         for plan in written[:LOG_CHANGES_PER_BATCH]:
             log.info("Employee updated: %s (%s)", plan.doc_id, ", ".join(plan.decision.columns) or "hash only")
         if len(written) > LOG_CHANGES_PER_BATCH:
             log.info("... and %d more employees updated in this batch", len(written) - LOG_CHANGES_PER_BATCH)
+        for plan in (p for p in plans if p.decision.repaired):
+            run.repairs_logged += 1
+            if run.repairs_logged <= LOG_REPAIRS_PER_RUN:
+                log.warning("Employee repaired: %s (%s)", plan.doc_id, _repair_words(plan.decision))
+            elif run.repairs_logged == LOG_REPAIRS_PER_RUN + 1:
+                log.warning("... more employees repaired: the run's total is in its counts, each one in the audit")
         for r in rejected:
             if r.doc_id in new_rejects:
                 log.warning("Employee rejected: %s: %s", r.doc_id, r.reject)
@@ -437,52 +543,120 @@ class SyncEngine:
 
     # -- after a full read -----------------------------------------------------
 
-    def _reconcile(self, run: _Run, values: dict[str, str | None]) -> None:
-        """Rows whose documents are gone follow delete_mode; the watermark moves to the read's start."""
+    def _reconcile(self, run: _Run, watermark: Watermark | None) -> None:
+        """Rows whose documents are gone follow delete_mode; the watermark moves to the read's start.
+
+        Raises ``MassDeleteBlocked`` (after the rest is recorded) when the
+        deletions would take more of the live rows than ``max_delete_fraction``.
+        """
         mode = self.config.target.delete_mode
         with self.db.connect() as conn:
-            gone = [doc_id for doc_id in self.mirror.live_ids(conn) if doc_id not in run.seen]
-        stale_rejects = sorted(run.reject_ids - run.seen)
-        if gone and not run.seen:
-            log.warning(
-                "Firestore returned no documents but the table holds %d rows: not deleting them "
-                "(check [source] project and collection)", len(gone),
-            )  # fmt: skip
+            live = 0
             gone = []
+            for doc_id in self.mirror.live_ids(conn):
+                live += 1
+                if doc_id not in run.seen:
+                    gone.append(doc_id)
+            stale_rejects = sorted(self.state.reject_ids(conn) - run.seen)
+        blocked = None
+        if not run.seen and (gone or stale_rejects):
+            log.warning(
+                "Firestore returned no documents but the table holds %d rows and %d rejects: keeping them "
+                "(check [source] project and collection)", len(gone), len(stale_rejects),
+            )  # fmt: skip
+            gone, stale_rejects = [], []
+        elif gone and mode != "keep" and not run.allow_mass_delete:
+            blocked = self.mass_delete_check(len(gone), live, run.run_id, record=not run.dry_run)
+            if blocked is not None:
+                gone, stale_rejects = [], []
         if run.dry_run:
-            if mode != "keep":
+            if blocked is not None:
+                run.would_change.append({"document_id": None, "operation": "blocked", "reason": blocked.message})
+            elif mode != "keep":
                 run.would_change.extend({"document_id": i, "operation": "delete"} for i in gone)
                 run.counts.deleted += len(gone)
             return
-        size = self.config.target.batch_size
         if mode != "keep":
-            for start in range(0, len(gone), size):
-                chunk = gone[start : start + size]
-                with self.db.begin() as conn:
-                    audit = self.mirror.remove(conn, chunk, mode, run.run_id, run.now)
-                    run.counts.deleted += len(chunk)
-                    self.state.record_progress(conn, run.run_id, run.counts.as_dict())
-                    _check_lock(run)
-                for doc_id in chunk[:LOG_CHANGES_PER_BATCH]:
-                    log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
-                self.bus.emit(
-                    BatchApplied(
-                        utcnow(),
-                        run.run_id,
-                        run.counts.as_dict(),
-                        tuple(ChangeRecord(a["changed_at"], a["document_id"], "delete") for a in audit),
-                    )
-                )
+            self._remove(run, gone)
         with self.db.begin() as conn:
             if stale_rejects:
                 self.mirror.clear_rejects(conn, stale_rejects)
-            if self.source.updated_path and run.first_read_time is not None:
+            checkpoint: dict[str, Any] = {}
+            if run.first_read_time is not None:
                 # Every change after the read began has a later timestamp: resume there.
-                current = Watermark.loads(values.get(keys.WATERMARK))
-                resume = run.first_read_time - WATERMARK_MARGIN
-                if current is None or current.ts < resume:
-                    self.state.put(conn, {keys.WATERMARK: Watermark(resume).dumps()})
+                start = run.first_read_time
+                checkpoint[keys.FULL_READ] = json.dumps({"at": iso_precise(start), "scope": scope_of(self.config)})
+                resume = start - margin(self.config, run.lag)
+                if self.source.updated_path and (watermark is None or watermark.ts < resume):
+                    checkpoint[keys.WATERMARK] = Watermark(resume, read_at=start).dumps(scope_of(self.config))
+            if checkpoint:
+                self.state.put(conn, checkpoint)
+            if blocked is None:
+                self.state.forget_in(conn, keys.MASS_DELETE_GUARD)
             _check_lock(run)
+        if blocked is not None:
+            raise blocked
+
+    def mass_delete_check(
+        self, deleting: int, live: int, run_id: int | None, record: bool = True
+    ) -> MassDeleteBlocked | None:
+        """The guard's answer to deleting ``deleting`` of ``live`` rows: None, or why not.
+
+        Firestore looking nearly empty is more often a wrong project,
+        collection, credential or rule than real deletions, so a run that
+        would delete more than ``max_delete_fraction`` of the live rows
+        deletes none of them until an operator says so. ``record`` keeps the
+        trip in the state, where status and the console show it.
+        """
+        limit = self.config.target.max_delete_fraction
+        if limit >= 1.0 or deleting <= limit * live:
+            return None
+        share = deleting / live if live else 1.0
+        message = (
+            f"mass-delete guard: the run would delete {deleting:,} of {live:,} live rows ({share:.0%}), more than "
+            f"[target] max_delete_fraction = {limit:g}; it deleted none"
+        )
+        hint = (
+            "if those documents really are gone, run `empsync sync --force --allow-mass-delete` (or POST "
+            '/api/realtime-sync/trigger {"force": true, "allow_mass_delete": true}); otherwise check [source] '
+            "project, database, collection and credentials"
+        )
+        if record:
+            log.error("%s", message)
+            tripped = {
+                "run_id": run_id,
+                "deleting": deleting,
+                "live_rows": live,
+                "fraction": limit,
+                "at": iso(utcnow()),
+            }
+            try:
+                self.state.set(**{keys.MASS_DELETE_GUARD: json.dumps(tripped)})
+            except EmpsyncError:
+                pass  # the run still ends failed with the message
+        return MassDeleteBlocked(message, hint)
+
+    def _remove(self, run: _Run, ids: list[str]) -> None:
+        """Soft- or hard-delete rows in batch-sized transactions, announced like any batch."""
+        mode = self.config.target.delete_mode
+        size = self.config.target.batch_size
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            with self.db.begin() as conn:
+                audit = self.mirror.remove(conn, chunk, mode, run.run_id, run.now)
+                run.counts.deleted += len(chunk)
+                self.state.record_progress(conn, run.run_id, run.counts.as_dict())
+                _check_lock(run)
+            for doc_id in chunk[:LOG_CHANGES_PER_BATCH]:
+                log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
+            self.bus.emit(
+                BatchApplied(
+                    utcnow(),
+                    run.run_id,
+                    run.counts.as_dict(),
+                    tuple(ChangeRecord(a["changed_at"], a["document_id"], "delete") for a in audit),
+                )
+            )
 
     # -- listen mode: micro-batches through the same path ----------------------
 
@@ -496,18 +670,25 @@ class SyncEngine:
             incremental=False,
             now=utcnow(),
             lock=self.lock,
+            lag=stored_lag(self.state.get_all(), keys.COMMIT_LAG_MS),
         )
-        with self.db.connect() as conn:
-            run.reject_ids = self.state.reject_ids(conn)
         run.started = run.now
         return run
 
-    def apply_live(self, run: _Run, docs: list[SourceDoc], watermark: Watermark | None, stream_reads: int = 0) -> None:
+    def apply_live(
+        self,
+        run: _Run,
+        docs: list[SourceDoc],
+        watermark: Watermark | None,
+        stream_reads: int = 0,
+        lag: timedelta | None = None,
+    ) -> None:
         """Apply a micro-batch; raises ``EmpsyncError`` and commits nothing on failure.
 
         ``stream_reads``: what the listener was billed since the last batch. The
         session counts those and its own gets, not the meter's total, which
         also holds the reads of the runs made meanwhile (catch-up, fallback polls).
+        ``lag``: the largest commit lag the listener has measured, kept with the watermark.
         """
         run.counts.firestore_reads += stream_reads
         gone = [d.id for d in docs if not d.exists]
@@ -517,8 +698,40 @@ class SyncEngine:
             current = {d.id: d for d in self.source.get(gone)}
             run.counts.firestore_reads += self.source.meter.reads - before
             docs = [current.get(d.id, d) if not d.exists else d for d in docs]
+        if lag is not None and lag > run.lag:
+            run.lag, run.lag_measured = lag, True
         run.now = utcnow()
         self._apply(docs, run, watermark)
+
+    def reconcile_live(self, run: _Run, present: set[str]) -> int:
+        """After a first snapshot of the whole collection: rows whose documents it lacks are gone.
+
+        ``present`` holds every document the subscription has delivered, so a
+        row is deleted only if its document was already gone when the stream
+        began (deleted while no stream was open). The mass-delete guard and
+        the empty-read rule apply as after a force run's read. Returns the
+        rows deleted.
+        """
+        if self.config.target.delete_mode == "keep":
+            return 0
+        with self.db.connect() as conn:
+            live = 0
+            gone = []
+            for doc_id in self.mirror.live_ids(conn):
+                live += 1
+                if doc_id not in present:
+                    gone.append(doc_id)
+        if not gone:
+            return 0
+        if not present:
+            log.warning("The stream lists no documents but the table holds %d rows: keeping them", len(gone))
+            return 0
+        if self.mass_delete_check(len(gone), live, run.run_id) is not None:
+            return 0
+        run.now = utcnow()
+        log.info("Deleting %d employees whose documents went while no stream was open", len(gone))
+        self._remove(run, gone)
+        return len(gone)
 
     def close_live(self, run: _Run, status: str = "ok", message: str = "", stream_reads: int = 0) -> None:
         run.counts.firestore_reads += stream_reads  # e.g. an empty snapshot after the last batch
@@ -562,6 +775,53 @@ def _check_lock(run: _Run) -> None:
         )
 
 
+def newest_per_id(docs: list[SourceDoc]) -> list[SourceDoc]:
+    """One version per document: the newest, by update time and then by position.
+
+    A document updated while a run reads can be read twice (at its old and
+    its new place in an incremental read, or by a stream the client resumed);
+    both versions in one batch would be compared with the same stored row.
+    A listener's stream is in commit order, so there too the last one wins.
+    """
+    newest: dict[str, SourceDoc] = {}
+    for doc in docs:
+        held = newest.get(doc.id)
+        if held is None or held.update_time is None or doc.update_time is None or doc.update_time >= held.update_time:
+            newest.pop(doc.id, None)  # keep the order of the newest versions
+            newest[doc.id] = doc
+    return list(newest.values()) if len(newest) < len(docs) else docs
+
+
+def _count(decision: Decision, counts: Counts) -> None:
+    op = decision.op
+    if decision.repaired:
+        counts.repaired += 1
+    elif op is Op.INSERT:
+        counts.inserted += 1
+    elif op in (Op.UPDATE, Op.RESTORE):
+        counts.updated += 1
+        counts.restored += op is Op.RESTORE
+    elif op is Op.STALE:
+        counts.stale += 1
+        counts.unchanged += 1
+    else:
+        counts.unchanged += 1
+
+
+def _repair_words(decision: Decision) -> str:
+    if decision.op is Op.INSERT:
+        return "its row was missing"
+    what = ", ".join(decision.columns)
+    if decision.op is Op.RESTORE:
+        return "it was marked deleted" + (f"; {what}" if what else "")
+    return what
+
+
+def iso_precise(moment: datetime) -> str:
+    """Naive-UTC ISO text with microseconds (``state.iso`` keeps whole seconds)."""
+    return naive_utc(moment).isoformat(timespec="microseconds") + "Z"
+
+
 def _would_change(plans: Iterable[Planned], rejected: Iterable[Rejected]) -> Iterator[dict[str, Any]]:
     from .mapping import display
 
@@ -569,7 +829,7 @@ def _would_change(plans: Iterable[Planned], rejected: Iterable[Rejected]) -> Ite
         if plan.decision.writes:
             yield {
                 "document_id": plan.doc_id,
-                "operation": str(plan.decision.op),
+                "operation": "repair" if plan.decision.repaired else str(plan.decision.op),
                 "fields": {c.column: {"old": display(c.old), "new": display(c.new)} for c in plan.decision.changes},
             }
     for r in rejected:

@@ -31,7 +31,8 @@ Resume points: a change can reach the stream well after the time in its
 seconds before the write commits and shows up in a snapshot. So the listener
 measures that delivery lag (snapshot read time minus the oldest
 ``updated_field`` in a snapshot after the first) and keeps ``margin``, twice
-the largest lag seen (at least ``WATERMARK_MARGIN``, at most ``MAX_MARGIN``).
+the largest lag seen (see ``watermark.margin``; the stored lag of earlier
+sessions and polls counts too).
 The watermark moves to a snapshot's read time minus the margin, and a
 subscription starts the margin before the stored watermark, which covers the
 polled runs' resume points too. Re-reading the documents of that window costs
@@ -49,8 +50,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .engine import WATERMARK_MARGIN
-from .source import FirestoreSource, SourceDoc, Watermark, to_doc
+from .source import FirestoreSource, SourceDoc, to_doc
+from .watermark import Watermark, margin
 
 log = logging.getLogger("empsync.listen")
 
@@ -65,8 +66,8 @@ LINK_GRACE_S = 2.0
 # document again on every write (1,000 messages a write at 1,000 documents).
 REFRESH_S = 600.0
 REFRESH_DOCS = 5_000
-# The resume-point margin never exceeds this, whatever lag an odd timestamp suggests.
-MAX_MARGIN = timedelta(seconds=60)
+# Deliveries of deletions held for a retry at most (ids; beyond it the force run finds the rest).
+MAX_REMOVALS = 100_000
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class LiveItem:
     # Set on the last change of a snapshot: once it is applied, everything up
     # to this read time is in the database, so the watermark may move there.
     snapshot_read_time: datetime | None = None
+    # Set on the last change of the first snapshot of the whole collection: once it
+    # is applied, rows of documents it did not list can go (see ``present``).
+    completes_collection: bool = False
 
 
 class Listener:
@@ -94,12 +98,17 @@ class Listener:
         self._channel = None
         self._link_down_since: float | None = None
         self.overflowed = False
-        self.snapshots = 0
         # Snapshots delivered by the current subscription: 0 until it is confirmed.
         self.heard = 0
-        # The largest delivery lag seen (see the module docstring).
+        # The largest delivery lag seen (see the module docstring); the caller seeds it with the stored one.
         self.max_lag = timedelta(0)
         self._unbilled = 0  # reads metered but not yet counted in the session's run row
+        # Deletions the stream delivered and no batch has committed yet, in order. They outlive
+        # a failed batch, a re-subscription and an overflow, which all drop the hand-off: a new
+        # subscription lists only documents that exist, so nothing would deliver them again.
+        self._removed: dict[str, None] = {}
+        # Every document the current subscription delivered, for a whole-collection stream.
+        self._present: set[str] = set()
 
     @property
     def keeps_watermark(self) -> bool:
@@ -111,9 +120,14 @@ class Listener:
         return self.keeps_watermark and self.scope == "changes"
 
     @property
+    def watches_collection(self) -> bool:
+        """Whether a subscription's first snapshot lists every document of the collection."""
+        return not self.watches_changes_only
+
+    @property
     def margin(self) -> timedelta:
         """How far before a snapshot's read time every change is known to be in."""
-        return min(MAX_MARGIN, max(WATERMARK_MARGIN, 2 * self.max_lag))
+        return margin(self.source.config, self.max_lag)
 
     # -- subscription (worker thread) ------------------------------------------
 
@@ -122,6 +136,7 @@ class Listener:
         query = self.query(since)
         with self._cond:
             self._pending.clear()
+            self._present = set()
             self.overflowed = False
             self._generation += 1
         self._first = True
@@ -233,17 +248,22 @@ class Listener:
         # Billed: each document delivered; an empty initial snapshot costs one read.
         billed = len(items) if items or not initial else 1
         self.source.meter.add(billed)
-        with self._cond:
-            self._unbilled += billed
-        self.snapshots += 1
         self.heard += 1
         self._last_signal = time.monotonic()
-        marker = LiveItem(items[-1].doc, read_time) if items else None
-        if marker is not None:
-            items[-1] = marker
+        if items:
+            items[-1] = LiveItem(items[-1].doc, read_time, initial and self.watches_collection)
         with self._cond:
-            if generation != self._generation or self.overflowed:
-                return  # stale, or the catch-up run will read these
+            self._unbilled += billed
+            if generation != self._generation:
+                return
+            for item in items:
+                if item.doc.exists:
+                    self._removed.pop(item.doc.id, None)  # a newer version supersedes a pending deletion
+                    self._present.add(item.doc.id)
+                elif len(self._removed) < MAX_REMOVALS:
+                    self._removed[item.doc.id] = None
+            if self.overflowed:
+                return  # the catch-up run reads these
             # Bounded, but for a subscription's initial snapshot: the client holds
             # that in memory in full anyway, and refusing it would only repeat it.
             if not initial and len(self._pending) + len(items) > self.max_pending:
@@ -267,6 +287,22 @@ class Listener:
                 self._cond.wait(wait)
             batch, self._pending = self._pending[:max_items], self._pending[max_items:]
             return batch
+
+    def removals(self, max_items: int) -> list[SourceDoc]:
+        """Delivered deletions not yet committed, as gone documents (to apply when the hand-off is empty)."""
+        with self._cond:
+            ids = list(self._removed)[:max_items]
+        return [SourceDoc(i, {}, None, exists=False) for i in ids]
+
+    def removals_committed(self, ids: list[str]) -> None:
+        with self._cond:
+            for doc_id in ids:
+                self._removed.pop(doc_id, None)
+
+    def present(self) -> set[str]:
+        """Every document the current subscription has delivered (for a whole-collection stream)."""
+        with self._cond:
+            return set(self._present)
 
     def take_reads(self) -> int:
         """The reads the stream was billed since the last call (for the session's run row)."""

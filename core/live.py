@@ -8,8 +8,11 @@ from a lost stream until then it is ``reconnecting``, and after
 Correctness
 never depends on the stream: the watermark moves only when a whole snapshot
 is committed, a re-subscription starts from the committed watermark, an
-overflowing hand-off becomes a catch-up run, and the scheduled force run
-reconciles everything every ``force_interval``.
+overflowing hand-off becomes a catch-up run, a deletion the stream delivered
+is kept until a batch commits it (whatever happens to the hand-off), a
+whole-collection subscription's first snapshot deletes the rows of documents
+that went while no stream was open, and the scheduled force run reconciles
+everything every ``force_interval``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Any
 
 from . import state as keys
 from .backoff import backoff_delay
-from .engine import SyncEngine
+from .engine import SyncEngine, newest_per_id
 from .errors import EmpsyncError
 from .listen import Listener, LiveItem
-from .source import SourceDoc, Watermark
 from .state import utcnow
 from .store import naive_utc
+from .watermark import Watermark, scope_of, stored_lag
 
 log = logging.getLogger("empsync.listen")
 
@@ -106,6 +109,9 @@ class LiveMirror:
         items = self.listener.take(self.batch_size, wait)
         if items:
             self._apply(items)
+        elif retry := self.listener.removals(self.batch_size):
+            # Deletions whose batch never committed (it failed, or the hand-off was dropped).
+            self._apply([LiveItem(doc) for doc in retry])
 
     def stop(self, status: str = "ok", message: str = "") -> None:
         self.listener.close()
@@ -142,7 +148,9 @@ class LiveMirror:
             if overflowed:
                 log.warning("Listener fell behind: catching up with a run before listening again")
                 self.catch_up()
-            watermark = Watermark.loads(self.engine.state.get(keys.WATERMARK))
+            values = self.engine.state.get_all()
+            watermark = Watermark.loads(values.get(keys.WATERMARK), scope_of(self.engine.config))
+            self.listener.max_lag = max(self.listener.max_lag, stored_lag(values, keys.COMMIT_LAG_MS))
             self.listener.subscribe(watermark)
         except EmpsyncError as exc:
             self._failed(exc.message)
@@ -159,13 +167,17 @@ class LiveMirror:
         markers = [i.snapshot_read_time for i in items if i.snapshot_read_time is not None]
         watermark = None
         if markers and self.listener.keeps_watermark:
-            watermark = Watermark(max(markers) - self.listener.margin)
-        docs = _newest_per_id([i.doc for i in items])
+            watermark = Watermark(max(markers) - self.listener.margin, read_at=max(markers))
+        docs = newest_per_id([i.doc for i in items])
         try:
-            self.engine.apply_live(self._run, docs, watermark, self.listener.take_reads())
+            self.engine.apply_live(self._run, docs, watermark, self.listener.take_reads(), lag=self.listener.max_lag)
+            self.listener.removals_committed([d.id for d in docs if not d.exists])
+            if any(i.completes_collection for i in items):
+                self.engine.reconcile_live(self._run, self.listener.present())
         except EmpsyncError as exc:
-            # Nothing of the batch committed and the watermark did not move:
-            # the re-subscription delivers these changes again.
+            # Nothing of the batch committed and the watermark did not move: the
+            # re-subscription delivers its changes again, and its deletions wait in
+            # the listener until a batch commits them.
             log.error("Listen batch failed: %s", exc.message)
             self.listener.close()
             self._failed(exc.message)
@@ -187,8 +199,3 @@ class LiveMirror:
         if (state, detail) != (self.state, self.detail):
             self.state, self.detail = state, detail
             self.on_state(state, detail)
-
-
-def _newest_per_id(docs: list[SourceDoc]) -> list[SourceDoc]:
-    """One version per document; the stream is in commit order, so the last one wins."""
-    return list({doc.id: doc for doc in docs}.values())

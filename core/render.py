@@ -28,7 +28,7 @@ def sync_summary(result) -> str:
     head = "dry run" if result.dry_run else ("force sync" if result.forced else "sync")
     line = (
         f"{head} {result.status}: {c.fetched} fetched, {c.inserted} inserted, {c.updated} updated, "
-        f"{c.deleted} deleted, {c.unchanged} unchanged, {c.rejected} rejected; "
+        f"{c.deleted} deleted, {c.unchanged} unchanged, {c.repaired} repaired, {c.rejected} rejected; "
         f"{c.firestore_reads} Firestore reads; {result.duration_ms} ms"
     )
     if result.dry_run and result.would_change:
@@ -78,7 +78,18 @@ def status_text(s: dict[str, Any]) -> str:
                 + (f" @ {src['emulator_host']}" if src["emulator_host"] else ""),
             ),
             ("target", f"{s['target']} table {s['table']}"),
+            ("mass-delete guard", guard_text(s.get("mass_delete_guard"))),
         ]
+    )
+
+
+def guard_text(guard: dict[str, Any] | None) -> str | None:
+    """A tripped mass-delete guard in words (None while it is not tripped)."""
+    if not guard:
+        return None
+    return (
+        f"TRIPPED: run #{guard.get('run_id')} held back {guard.get('deleting')} of {guard.get('live_rows')} rows "
+        f"at {guard.get('at')}; empsync sync --force --allow-mass-delete lets them go"
     )
 
 
@@ -97,6 +108,7 @@ def stats_text(s: dict[str, Any]) -> str:
             ("updated", f"{s['updated']} ({s['restored']} restored)"),
             ("deleted", s["deleted"]),
             ("unchanged", s["unchanged"]),
+            ("repaired", s["repaired"]),
             ("rejected", f"{s['rejected']} ({s['rejects_open']} open)"),
             ("firestore reads", f"{s['firestore_reads']}{saved}"),
             ("rows", s["rows"]),

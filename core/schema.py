@@ -138,6 +138,7 @@ class Tables:
             Column("deleted", Integer, nullable=False, default=0),
             Column("unchanged", Integer, nullable=False, default=0),
             Column("stale", Integer, nullable=False, default=0),
+            Column("repaired", Integer, nullable=False, default=0, server_default="0"),
             Column("rejected", Integer, nullable=False, default=0),
             Column("firestore_reads", Integer, nullable=False, default=0),
             Column("naive_reads", Integer, nullable=False, default=0),
@@ -216,17 +217,28 @@ class Tables:
                     f"table {self.mirror.name} lacks the bookkeeping column {name}: it was not made by empsync",
                     "point [target] table at a new table name",
                 )
-        if missing:
-            preparer = engine.dialect.identifier_preparer
-            with engine.begin() as conn:
-                for column in missing:
-                    ddl = column.type.compile(dialect=engine.dialect)
-                    conn.execute(
-                        text(
-                            f"ALTER TABLE {preparer.format_table(self.mirror)} "
-                            f"ADD COLUMN {preparer.format_column(column)} {ddl} NULL"
-                        )
-                    )
+        _add_columns(engine, self.mirror, missing)
+        # empsync's own tables gain columns across versions (runs.repaired); each new one has a default.
+        inspector = inspect(engine)
+        for table in (self.runs,):
+            have = {c["name"].lower() for c in inspector.get_columns(table.name)}
+            _add_columns(engine, table, [c for c in table.columns if c.name.lower() not in have])
+
+
+def _add_columns(engine: Engine, table: Table, columns: list[Column]) -> None:
+    if not columns:
+        return
+    preparer = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        for column in columns:
+            ddl = column.type.compile(dialect=engine.dialect)
+            default = column.server_default
+            tail = f"NOT NULL DEFAULT {default.arg}" if default is not None else "NULL"
+            conn.execute(
+                text(
+                    f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {ddl} {tail}"
+                )
+            )
 
 
 def _check_compatible(table: str, spec: FieldSpec, reflected) -> None:

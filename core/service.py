@@ -54,6 +54,7 @@ class Ticket:
     kind: str  # normal | force
     trigger: str
     queued_at: datetime
+    allow_mass_delete: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class Ticket:
             "kind": self.kind,
             "trigger": self.trigger,
             "queued_at": iso(self.queued_at),
+            "allow_mass_delete": self.allow_mass_delete,
         }
 
 
@@ -122,8 +124,8 @@ class SyncService:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def force_sync(self, trigger: str = "api") -> Ticket:
-        return self._queue_run("force", trigger)
+    def force_sync(self, trigger: str = "api", allow_mass_delete: bool = False) -> Ticket:
+        return self._queue_run("force", trigger, allow_mass_delete)
 
     def sync_now(self, trigger: str = "api") -> Ticket:
         return self._queue_run("normal", trigger)
@@ -156,8 +158,8 @@ class SyncService:
         with self._snapshot_lock:
             return dict(self._stats)
 
-    def _queue_run(self, kind: str, trigger: str) -> Ticket:
-        ticket = Ticket(next(self._ids), kind, trigger, utcnow())
+    def _queue_run(self, kind: str, trigger: str, allow_mass_delete: bool = False) -> Ticket:
+        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete)
         self._commands.put(("run", ticket))
         with self._snapshot_lock:
             self._live["pending"] = [*self._live["pending"], ticket.to_json()]
@@ -244,6 +246,10 @@ class SyncService:
             if name == "run":
                 ticket: Ticket = arg
                 current = self._pending.get(ticket.kind)
+                if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
+                    # The newer request says more: it replaces the one waiting.
+                    self._drop_pending_ticket(current)
+                    current = None
                 self._pending[ticket.kind] = current or ticket  # one pending run of each kind
                 if current is not None:
                     self._drop_pending_ticket(ticket)
@@ -428,7 +434,12 @@ class SyncService:
         force = kind == "force"
         try:
             result = self.engine.run(
-                force=force, when_due=scheduled and not force, trigger=trigger, lock=self._lock, stop=self._stop
+                force=force,
+                when_due=scheduled and not force,
+                trigger=trigger,
+                lock=self._lock,
+                stop=self._stop,
+                allow_mass_delete=bool(ticket and ticket.allow_mass_delete),
             )
         except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
             log.exception("the %s run raised instead of failing cleanly", kind)
@@ -436,7 +447,14 @@ class SyncService:
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
-        if result.status == "failed":
+        if result.status == "failed" and not result.retry:
+            # Retrying would fail the same way (the mass-delete guard): the schedule goes on, the state says why.
+            self._failures, self._retry_at = 0, None
+            with self._snapshot_lock:
+                self._live["failures"], self._live["retry_at"] = 0, None
+            if not self._stop.is_set():
+                self._set_state("error", result.reason)
+        elif result.status == "failed":
             self._failures += 1
             delay = backoff_delay(self._failures, BACKOFF_BASE_S, BACKOFF_CAP_S)
             self._retry_at, self._retry_force = time.monotonic() + delay, force

@@ -7,7 +7,6 @@ hash never leave Firestore. Pages are cursor-based (``start_after``), never
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,8 @@ from typing import Any
 
 from .config import Config
 from .errors import SourceError
+from .firestore_compat import stream_documents
+from .watermark import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +35,6 @@ class SourceDoc:
     update_time: datetime | None
     read_time: datetime | None = None
     exists: bool = True
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """Resume point of incremental reads: after (updated value, document id).
-
-    ``doc_id`` None means "everything at or after ``ts``".
-    """
-
-    ts: datetime
-    doc_id: str | None = None
-
-    def dumps(self) -> str:
-        return json.dumps({"ts": _rfc3339(self.ts), "id": self.doc_id})
-
-    @classmethod
-    def loads(cls, text: str | None) -> Watermark | None:
-        if not text:
-            return None
-        raw = json.loads(text)
-        from google.api_core.datetime_helpers import DatetimeWithNanoseconds
-
-        return cls(DatetimeWithNanoseconds.from_rfc3339(raw["ts"]), raw.get("id"))
-
-
-def _rfc3339(moment: datetime) -> str:
-    if hasattr(moment, "rfc3339"):
-        return moment.rfc3339()
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ReadMeter:
@@ -151,8 +123,9 @@ class FirestoreSource:
             paths.append(self.updated_path)
         self.field_paths = paths
         transient = _transient_errors()
+        self.is_transient = lambda exc: isinstance(exc, transient)
         self.retry = Retry(
-            predicate=lambda exc: isinstance(exc, transient),
+            predicate=self.is_transient,
             initial=0.25,
             maximum=8.0,
             multiplier=2.0,
@@ -185,27 +158,40 @@ class FirestoreSource:
 
     # -- reading ---------------------------------------------------------------
 
-    def pages(self, query, page_size: int) -> Iterator[list[SourceDoc]]:
-        """The query's documents, a page at a time, each page a cursor query."""
-        cursor = None
-        while True:
-            page_query = query.limit(page_size)
-            if cursor is not None:
-                page_query = page_query.start_after(cursor)
-            with self.translate():
-                snapshots = list(page_query.stream(retry=self.retry, timeout=self.config.source.timeout))
-            self.meter.documents(len(snapshots))
-            if snapshots:
-                yield [to_doc(s, copy=False) for s in snapshots]
-            if len(snapshots) < page_size:
-                return
-            cursor = snapshots[-1]
+    def read(self, query) -> Iterator[list[SourceDoc]]:
+        """The query's documents from one stream, handed on ``page_size`` at a time.
+
+        One RunQuery stream, not cursor pages: the emulator scans from the
+        start of the collection again for every cursor (2,000-document pages
+        took 2x a single stream at 50,000 documents), and even production
+        Firestore, which seeks, pays a round trip per page. Memory stays
+        bounded: gRPC's flow control holds the stream while the consumer is
+        busy. A stream that breaks on a retryable error (a deadline, an
+        unavailable server) resumes after the last document it returned, so a
+        long read survives a server ending it. Decoding is
+        ``firestore_compat``'s, a fifth of the client's cost per document.
+        """
+        page: list[SourceDoc] = []
+        total = 0
+        size = self.config.source.page_size
+        with self.translate():
+            for doc_id, data, update_time, read_time in stream_documents(query, self.retry, self.is_transient):
+                page.append(SourceDoc(doc_id, data, update_time, read_time))
+                if len(page) >= size:
+                    total += len(page)
+                    self.meter.add(len(page))
+                    yield page
+                    page = []
+        total += len(page)
+        self.meter.add(len(page) if total else 1)  # an empty result is billed one read
+        if page:
+            yield page
 
     def all_pages(self) -> Iterator[list[SourceDoc]]:
-        return self.pages(self.all_query(), self.config.source.page_size)
+        return self.read(self.all_query())
 
     def changed_pages(self, since: Watermark | None) -> Iterator[list[SourceDoc]]:
-        return self.pages(self.changed_query(since), self.config.source.page_size)
+        return self.read(self.changed_query(since))
 
     def count(self, timeout: float | None = None) -> int:
         timeout = timeout or self.config.source.timeout

@@ -33,6 +33,12 @@ LEADER = "leader"
 DOC_COUNT = "doc_count"
 DOC_COUNT_AT = "doc_count_at"
 LAST_VERIFY = "last_verify"
+# When the last complete read of the collection began, and for which scope (see watermark.scope_of).
+FULL_READ = "full_read"
+# The largest commit lag measured, in ms: server timestamps that precede their commit.
+COMMIT_LAG_MS = "commit_lag_ms"
+# Set while the mass-delete guard holds back a run's deletions (JSON), cleared when a full read passes it.
+MASS_DELETE_GUARD = "mass_delete_guard"
 
 RUN_COUNTERS = (
     "fetched",
@@ -42,6 +48,7 @@ RUN_COUNTERS = (
     "deleted",
     "unchanged",
     "stale",
+    "repaired",
     "rejected",
     "firestore_reads",
     "naive_reads",
@@ -62,9 +69,13 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def parse_iso(text: str | None) -> datetime | None:
+    """Naive UTC from ISO text; None for none, and for text that is not a time (a hand-edited state row)."""
     if not text:
         return None
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
@@ -106,7 +117,10 @@ class State:
 
     def forget(self, *keys: str) -> None:
         with self.db.begin() as conn:
-            conn.execute(delete(self.t.state).where(self.t.state.c.key.in_(keys)))
+            self.forget_in(conn, *keys)
+
+    def forget_in(self, conn: Connection, *keys: str) -> None:
+        conn.execute(delete(self.t.state).where(self.t.state.c.key.in_(keys)))
 
     # -- interval --------------------------------------------------------------
 

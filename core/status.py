@@ -6,6 +6,7 @@ running service adds its live view (state, leader, next tick) on top.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -95,7 +96,16 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
         "delete_mode": config.target.delete_mode,
         "last_run": _run_json(last_run),
         "last_verify": values.get(keys.LAST_VERIFY),
+        "mass_delete_guard": _json_value(values.get(keys.MASS_DELETE_GUARD)),
     }
+
+
+def _json_value(text: str | None) -> Any:
+    """A JSON state value, or None when absent or unreadable."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def build_stats(engine: SyncEngine) -> dict[str, Any]:
@@ -116,6 +126,7 @@ def build_stats(engine: SyncEngine) -> dict[str, Any]:
         "restored": totals["restored"],
         "deleted": totals["deleted"],
         "unchanged": totals["unchanged"],
+        "repaired": totals["repaired"],
         "rejected": totals["rejected"],
         "firestore_reads": reads,
         "naive_reads": naive,

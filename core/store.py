@@ -22,6 +22,8 @@ from .mapping import Reject, display
 
 # Keep IN (...) lists well inside every server's limits.
 ID_CHUNK = 500
+# The audit operation of a write that put a drifted row right (old: what the row held).
+REPAIR = "repair"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Planned:
     row: dict[str, Any]
     content_hash: str
     update_time: datetime | None
+    # For a repaired restore: the deleted_at the row was found with.
+    found_deleted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,10 @@ class MirrorStore:
             *(m.c[c] for c in self.mapped),
             m.c[HASH_COLUMN],
             m.c[UPDATE_TIME_COLUMN],
-            m.c[DELETED_AT_COLUMN].is_not(None),
+            m.c[DELETED_AT_COLUMN],
         ).where(key.in_(bindparam("ids", expanding=True)))
+        r = self.t.rejects
+        self._rejected = select(r.c.document_id).where(r.c.document_id.in_(bindparam("ids", expanding=True)))
 
     def load(self, conn: Connection, ids: Sequence[str]) -> dict[str, Stored]:
         """The stored rows for some ids, in one query per chunk."""
@@ -83,8 +89,15 @@ class MirrorStore:
                     values=dict(zip(self.mapped, row[1 : n + 1], strict=True)),
                     content_hash=row[n + 1],
                     update_time=row[n + 2],
-                    deleted=bool(row[n + 3]),
+                    deleted_at=row[n + 3],
                 )
+        return found
+
+    def rejected_among(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        """Which of these documents have a recorded reject."""
+        found: set[str] = set()
+        for start in range(0, len(ids), ID_CHUNK):
+            found.update(conn.execute(self._rejected, {"ids": ids[start : start + ID_CHUNK]}).scalars())
         return found
 
     def write(
@@ -104,18 +117,25 @@ class MirrorStore:
                 SYNCED_AT_COLUMN: now,
                 HASH_COLUMN: plan.content_hash,
             }
+            # A repair is audited as one: what the row held (found) and what the document says.
+            repaired = plan.decision.repaired
             if op is Op.INSERT:
                 inserts.append({**plan.row, **bookkeeping, DELETED_AT_COLUMN: None})
-                audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
+                audit.append(self._audit(run_id, now, plan.doc_id, REPAIR if repaired else op, None, None, None))
                 continue
             columns = plan.decision.columns
             values = {c: plan.row[c] for c in columns}
             if op is Op.RESTORE:
                 values[DELETED_AT_COLUMN] = None
-                audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
+                if repaired:
+                    found = plan.found_deleted_at
+                    audit.append(self._audit(run_id, now, plan.doc_id, REPAIR, DELETED_AT_COLUMN, found, None))
+                else:
+                    audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
             by_columns[tuple(values)].append({**values, **bookkeeping})
+            field_op = REPAIR if repaired else Op.UPDATE
             for change in plan.decision.changes:
-                audit.append(self._audit(run_id, now, plan.doc_id, Op.UPDATE, change.column, change.old, change.new))
+                audit.append(self._audit(run_id, now, plan.doc_id, field_op, change.column, change.old, change.new))
 
         if inserts:
             upsert(conn, self.t.mirror, inserts, update=[c for c in inserts[0] if c != self.id_column])
@@ -127,7 +147,7 @@ class MirrorStore:
         return audit
 
     @staticmethod
-    def _audit(run_id, now, doc_id, op: Op, field, old, new) -> dict[str, Any]:
+    def _audit(run_id, now, doc_id, op: Op | str, field, old, new) -> dict[str, Any]:
         return {
             "run_id": run_id,
             "changed_at": now,

@@ -596,7 +596,7 @@ ROW = {"name": "Ann", "salary": 52000, "city": "Lisbon", "remote": True}
 
 def stored(values=None, *, when=T0, deleted=False, digest=None) -> Stored:
     values = dict(ROW if values is None else values)
-    return Stored(values, content_hash(values) if digest is None else digest, when, deleted)
+    return Stored(values, content_hash(values) if digest is None else digest, when, T0 if deleted else None)
 
 
 def test_decide_insert_lists_every_field_as_new():

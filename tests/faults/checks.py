@@ -28,6 +28,10 @@ document's rows in commit order (``id``) and requires:
   repeats an ``old`` that is no longer current, so it breaks the chain (and a
   lost audit row would break it too). An insert starts a fresh chain: it
   records no values.
+- ``repair`` (a force run putting right a row changed behind empsync's back)
+  follows a change nobody audited, so it may come in any state and its old
+  value is what the row held, not the chain's: it leaves the document live and
+  starts the field's chain again from its new value.
 
 ``replays`` lists every row that breaks either rule. ``repeats`` is the naive
 count besides it — groups of rows identical in (document, operation, field,
@@ -56,6 +60,7 @@ LIFECYCLE = {
     "update": ({LIVE}, LIVE),
     "delete": ({LIVE}, DELETED),
     "restore": ({DELETED}, LIVE),
+    "repair": ({LIVE, DELETED, ABSENT}, LIVE),
 }
 
 
@@ -123,6 +128,8 @@ def check_history(rows, hard_deletes: bool = False) -> AuditReport:
             if column in fields and fields[column] != old:
                 report.replays.append(f"{where}: the field was {fields[column]!r} by then")
             fields[column] = new
+        elif op == "repair" and column is not None:
+            chain.setdefault(doc, {})[column] = new
     report.documents = len(state)
     report.operations = dict(ops)
     report.repeats = [key for key, n in same.items() if n > 1]
