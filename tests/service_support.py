@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -172,6 +173,28 @@ def http(
     if got.get("Content-Type", "").startswith("application/json"):
         return status, got, json.loads(text)
     return status, got, text
+
+
+def exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Raw bytes to the API on a fresh connection, half-closed after them; all it answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        try:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before reading it all (413, 400)
+            pass
+        return read_all(conn)
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Until the server closes (or resets) the connection."""
+    chunks = []
+    try:
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
 
 
 # -- `empsync --no-ui` as a real process ----------------------------------------------

@@ -31,7 +31,17 @@ from core.errors import ConfigError
 from core.service import SyncService
 
 from .conftest import employee, write_docs, write_toml
-from .service_support import Events, Headless, http, running, stored_state, wait_for, wait_leading
+from .service_support import (
+    Events,
+    Headless,
+    exchange,
+    http,
+    read_all,
+    running,
+    stored_state,
+    wait_for,
+    wait_leading,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -321,24 +331,8 @@ def test_a_non_loopback_api_without_a_token_refuses_to_start(make_config, sqlite
 # -- hostile input (issue 11, points 1 to 5) ---------------------------------------------------
 
 
-def raw_exchange(served, data: bytes, timeout: float = 10) -> bytes:
-    """Bytes on a fresh connection, half-closed after them; everything the server answers."""
-    host, port = served.api.address
-    with socket.create_connection((host, port), timeout=timeout) as conn:
-        conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
-        return read_all(conn)
-
-
-def read_all(conn: socket.socket) -> bytes:
-    """Until the server closes (or resets) the connection."""
-    chunks = []
-    try:
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
+def raw_exchange(served, data: bytes) -> bytes:
+    return exchange(served.api.address[1], data)
 
 
 def answers(data: bytes) -> list[tuple[int, dict]]:

@@ -18,7 +18,6 @@ import base64
 import json
 import re
 import signal
-import socket
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +27,7 @@ from hypothesis import strategies as st
 from core.emulator import free_port
 
 from ..conftest import employee, write_docs, write_toml
-from ..service_support import Headless, http, wait_for
+from ..service_support import Headless, exchange, http, wait_for
 from .checks import audit_report
 from .support import SIZES, TOKEN, Db, api, cli_verify, force_sync, seeded, with_api
 
@@ -191,23 +190,6 @@ def requests(draw, token: bool) -> bytes:
     return head.encode("utf-8") + body
 
 
-def send(port: int, raw: bytes) -> bytes:
-    """One request on its own connection; half-closes so the server never waits for more."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        try:
-            conn.sendall(raw)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:  # the server answered and closed before reading it all (413, 400)
-            pass
-        chunks = []
-        try:
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    return b"".join(chunks)
-
-
 def stored_settings(db: Db) -> dict[str, str]:
     return dict(db.rows("SELECT `key`, value FROM empsync_state WHERE `key` IN ('interval', 'paused')"))
 
@@ -232,7 +214,7 @@ def test_random_requests_never_get_a_500_nor_change_anything_without_the_token(
     unauthorized = SIZES.api_requests * 3 // 4
 
     def check(raw: bytes) -> None:
-        answer = send(port, raw)
+        answer = exchange(port, raw)
         words = raw.split(b"\r\n", 1)[0].split()
         http_1x = len(words) == 3 and words[2] in (b"HTTP/1.0", b"HTTP/1.1")
         match = STATUS_LINE.match(answer) or (not http_1x and HEADLESS_ANSWER.search(answer))

@@ -36,7 +36,7 @@ from core import api as core_api
 from core.emulator import free_port
 
 from ..conftest import employee, write_docs, write_toml
-from ..service_support import Headless, http, wait_for
+from ..service_support import Headless, exchange, http, wait_for
 from .support import TOKEN, Db, api, seeded, with_api
 
 pytestmark = pytest.mark.integration
@@ -49,21 +49,9 @@ THREAD_SLACK = 6  # threads the process may start meanwhile for its own work (a 
 CPU_BOUND = 0.25  # CPU seconds per wall second while the slow sockets hang (idle is ~0.01)
 
 
-def raw(port: int, data: bytes, timeout: float = 10) -> tuple[int, bytes]:
+def raw(port: int, data: bytes) -> tuple[int, bytes]:
     """One raw exchange: the status of the first answer (0 for none) and all the bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        try:
-            conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        chunks = []
-        try:
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        except (TimeoutError, ConnectionResetError):
-            pass
-    answer = b"".join(chunks)
+    answer = exchange(port, data)
     match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
     return (int(match.group(1)) if match else 0), answer
 
