@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,9 @@ from core.service import SyncService
 from .conftest import REPO
 
 T = TypeVar("T")
+
+# A text log line as --no-ui writes it; a traceback's lines follow indented.
+TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:

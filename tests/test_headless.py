@@ -26,13 +26,12 @@ from core.emulator import free_port
 from core.lock import make_lock
 
 from .conftest import REPO, employee, run_cli, write_docs, write_toml
-from .service_support import Headless, http, mirror_rows, runs_table, stored_state, wait_for
+from .service_support import TEXT_LINE, Headless, http, mirror_rows, runs_table, stored_state, wait_for
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "headless-token-7c1e"
 PREFIX = "/api/realtime-sync"
-TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
 SEED_MESSAGES = (
     "Starting employee sync",
     "Retrieved minimal data for",

@@ -36,13 +36,12 @@ from core import api as core_api
 from core.emulator import free_port
 
 from ..conftest import employee, write_docs, write_toml
-from ..service_support import Headless, exchange, http, wait_for
+from ..service_support import TEXT_LINE, Headless, exchange, http, wait_for
 from .support import TOKEN, Db, api, seeded, with_api
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "/api/realtime-sync"
-TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
 SLOW_HEADS = 200
 SLOW_BODIES = 100
 THREAD_SLACK = 6  # threads the process may start meanwhile for its own work (a run, a status refresh)
