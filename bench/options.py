@@ -13,7 +13,7 @@ BENCHMARKS = ("apply", "force", "rss", "idle", "latency")
 class Sizes:
     apply_rows: int = 3_000  # rows written by the store and by the row-by-row baseline
     force_docs: int = 50_000  # documents of the force-sync-versus-stream comparison
-    pairs: int = 3  # alternating rounds of (stream, sync on each server); the median ratio is reported
+    pairs: int = 3  # rounds, each measuring every side once in a rotating order; the medians are reported
     rss_small: int = 5_000
     rss_large: int = 50_000
     idle_docs: int = 1_000

@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Config
 from .errors import SourceError
+from .firestore_compat import stream_documents
 from .watermark import Watermark
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ class FirestoreSource:
             paths.append(self.updated_path)
         self.field_paths = paths
         transient = _transient_errors()
+        self.is_transient = lambda exc: isinstance(exc, transient)
         self.retry = Retry(
-            predicate=lambda exc: isinstance(exc, transient),
+            predicate=self.is_transient,
             initial=0.25,
             maximum=8.0,
             multiplier=2.0,
@@ -164,16 +166,17 @@ class FirestoreSource:
         took 2x a single stream at 50,000 documents), and even production
         Firestore, which seeks, pays a round trip per page. Memory stays
         bounded: gRPC's flow control holds the stream while the consumer is
-        busy. The client resumes a stream that breaks on a retryable error (a
-        deadline, an unavailable server) after the last document it returned,
-        so a long read survives a server ending it.
+        busy. A stream that breaks on a retryable error (a deadline, an
+        unavailable server) resumes after the last document it returned, so a
+        long read survives a server ending it. Decoding is
+        ``firestore_compat``'s, a fifth of the client's cost per document.
         """
         page: list[SourceDoc] = []
         total = 0
         size = self.config.source.page_size
         with self.translate():
-            for snapshot in query.stream(retry=self.retry):
-                page.append(to_doc(snapshot, copy=False))
+            for doc_id, data, update_time, read_time in stream_documents(query, self.retry, self.is_transient):
+                page.append(SourceDoc(doc_id, data, update_time, read_time))
                 if len(page) >= size:
                     total += len(page)
                     self.meter.add(len(page))

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import TargetError
+from ..errors import ConfigError, TargetError
 from ..lock import ConnectionLock, SyncLock
 from .base import DEFAULT_STATEMENT_BYTES, Dialect, Limits, login_refused, no_database, permission_denied, unreachable
 
@@ -95,6 +95,19 @@ class PostgreSQL(Dialect):
             dbapi_conn.commit()
 
         return engine
+
+    def check_url(self, url: URL) -> None:
+        super().check_url(url)
+        if url.query:
+            # psycopg passes any keyword on to libpq, which would refuse an unknown one only at connect.
+            import psycopg
+
+            try:
+                psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in url.query.items()})
+            except psycopg.ProgrammingError as exc:
+                raise ConfigError(
+                    "target.url", f"URL option: {exc}", "remove it, or see libpq's connection parameters"
+                ) from None
 
     def id_to_db(self, doc_id: str) -> Any:
         return doc_id.encode("utf-8", "surrogatepass")

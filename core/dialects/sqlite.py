@@ -6,6 +6,7 @@ plain text. WAL lets ``empsync status`` read while a sync writes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from sqlalchemy import Integer, create_engine, event
@@ -26,8 +27,10 @@ class SQLite(Dialect):
     serial_id_type = Integer()  # SQLite autoincrements INTEGER PRIMARY KEY only
 
     def create_engine(self, url: URL) -> Engine:
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         in_memory = url.database in (None, "", ":memory:")
+        if not in_memory and not url.query.get("uri"):
+            _create_private(url.database)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _session(dbapi_conn, _record) -> None:
@@ -56,6 +59,16 @@ class SQLite(Dialect):
                 f"SQLite database is locked: {where}", "another process holds a long write; the next run retries"
             )
         return None
+
+
+def _create_private(path: str) -> None:
+    """Create a new SQLite file 0600: it holds employee records. Its -wal and -shm files take its mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing database keeps the mode its owner gave it
+    except OSError:
+        pass  # a missing folder: SQLite's own error names it when connecting
 
 
 DIALECT = SQLite()
