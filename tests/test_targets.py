@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import bindparam, create_engine, event, select, text
+from sqlalchemy import bindparam, event, select, text
 
 from core import config as cfg
-from core.db import Database, upsert
+from core.db import Database, make_engine, upsert
 from core.dialects import MODULES, Limits, for_backend
 from core.dialects.base import _LIMITS_KEY
 from core.dialects.postgresql import lock_key
@@ -249,7 +249,7 @@ def test_the_postgresql_lock_key_is_stable():
 def test_a_server_lock_is_exclusive_and_lost_with_its_connection(request, server):
     url = request.getfixturevalue("mysql_url" if server == "mariadb" else "postgresql_url")
     admin = request.getfixturevalue("mariadb" if server == "mariadb" else "postgres")
-    first, second = create_engine(url), create_engine(url)
+    first, second = make_engine(url), make_engine(url)  # as empsync makes them: PostgreSQL's $1 style
     try:
         mine, theirs = make_lock(first, "employees"), make_lock(second, "employees")
         assert mine.acquire() and mine.still_held()
