@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .conditions import Condition, load_conditions
 from .errors import ConfigError
 
 # Validating patterns are used with fullmatch: ``$`` would also match before a final newline.
@@ -68,6 +69,8 @@ class SourceConfig:
     timeout: int = 60
     # The least margin a resume point keeps before the newest time seen; the measured commit lag widens it.
     watermark_margin_ms: int = 100
+    # [[source.where]]: only documents meeting every condition are mirrored (core.conditions).
+    where: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,9 @@ def from_dict(
             raise ConfigError(name, "must be a table, like [" + name + "]")
         values: dict[str, Any] = {}
         for key, value in table.items():
+            if (name, key) == ("source", "where"):
+                values[key] = load_conditions(value, field_path_problem)
+                continue
             values[key] = _check_type(cls, f"{name}.{key}", key, value)
         if name == "sync" and "interval" in values:
             interval_source = "file"
