@@ -151,6 +151,7 @@ class State:
                     status="running",
                     host=socket.gethostname()[:255],
                     pid=os.getpid(),
+                    target_table=self.db.config.target.table,
                     **{c: 0 for c in RUN_COUNTERS},
                 )
             )
