@@ -186,6 +186,18 @@ class Tables:
             Column("held_at", Timestamp(), nullable=False),
             **MYSQL_TABLE_ARGS,
         )
+        # Listen mode's write-to-row lag, per hour and listen session: that hour's percentiles.
+        self.lag = Table(
+            "empsync_lag",
+            self.metadata,
+            Column("hour", Timestamp(), primary_key=True),
+            Column("run_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("samples", Integer, nullable=False),
+            Column("p50_ms", Integer, nullable=False),
+            Column("p95_ms", Integer, nullable=False),
+            Column("max_ms", Integer, nullable=False),
+            **MYSQL_TABLE_ARGS,
+        )
         self.state = Table(
             "empsync_state",
             self.metadata,

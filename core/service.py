@@ -38,6 +38,7 @@ log = logging.getLogger("empsync.service")
 TICK_S = 0.2  # the worker's idle wait: commands are seen within this
 SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen within this
 STATUS_REFRESH_S = 5.0
+ROLLUPS_REFRESH_S = 60.0
 LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
 LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
 BACKOFF_BASE_S = 5.0  # after a failed run
@@ -102,6 +103,7 @@ class SyncService:
             "pending": [],
         }
         self._db_status: dict[str, Any] = {}
+        self._rollups_due = 0.0
         self._stats: dict[str, Any] = {}
         self._interval = config.sync.interval
         self._interval_source = config.interval_source
@@ -574,15 +576,21 @@ class SyncService:
     # -- status ----------------------------------------------------------------
 
     def _refresh_status(self, count_documents: bool = True) -> None:
+        # The rollups read a month of runs: once a minute is fresh enough for hourly figures.
+        rollups = time.monotonic() >= self._rollups_due
         try:
             status = build_status(self.engine, count_documents=count_documents)
-            stats = build_stats(self.engine)
+            stats = build_stats(self.engine, rollups=rollups)
         except EmpsyncError as exc:
             with self._snapshot_lock:
                 self._db_status = {**self._db_status, "last_error": exc.message}
             return
         status.pop("next_sync_at", None)  # the scheduler's view is the truthful one here
+        if rollups:
+            self._rollups_due = time.monotonic() + ROLLUPS_REFRESH_S
         with self._snapshot_lock:
+            if not rollups:
+                stats["hourly"], stats["daily"] = self._stats.get("hourly", []), self._stats.get("daily", [])
             self._db_status, self._stats = status, stats
 
     def _set_state(self, state: str, detail: str = "") -> None:

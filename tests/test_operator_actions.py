@@ -250,3 +250,27 @@ def test_runs_lists_the_history_with_reads_beside_the_naive_cost(make_config, ta
     assert "force" in text and "ids" in text and "4/4" in text
     with engine_for(config) as engine, engine.db.connect() as conn:
         assert conn.execute(select(engine.db.tables.runs.c.target_table)).scalars().all() == ["employees"] * 2
+
+
+def test_stats_roll_up_runs_and_the_listen_lag_by_hour_and_day(make_config, target_url, firestore_client, tmp_path):
+    from core.service import SyncService
+
+    from .service_support import wait_for
+
+    write_docs(firestore_client, {f"e{i}": employee(i) for i in range(3)})
+    config = make_config(target_url, sync={"mode": "listen", "interval": 10, "force_interval": 7 * 86_400})
+    service = SyncService(config)
+    service.start()
+    try:
+        wait_for(lambda: service.snapshot().get("listen_state") == "listening", 60, "the listener")
+        for i in range(5):
+            doc(firestore_client, "e1").update({"salary": i, "updated_at": firestore.SERVER_TIMESTAMP})
+            wait_for(lambda i=i: mirror_rows(config)["e1"]["salary"] == i, 30, f"write {i}")
+    finally:
+        assert service.stop(15)
+    path = str(write_toml(tmp_path / "sync.toml", config))
+    stats = json.loads(run_cli("--config", path, "stats", "--json").stdout)
+    hour, day = stats["hourly"][-1], stats["daily"][-1]
+    assert len(stats["hourly"]) == 48 and len(stats["daily"]) == 30
+    assert hour["runs"] >= 2 and hour["reads"] >= 3 and day["runs"] == hour["runs"]
+    assert hour["lag_samples"] >= 5 and hour["lag_p50_ms"] is not None and hour["lag_p95_ms"] >= hour["lag_p50_ms"]
