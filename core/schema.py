@@ -193,7 +193,7 @@ class Tables:
             Column("document_id", DocumentId(), primary_key=True),
             Column("run_id", BigInteger),  # the rollback that holds it
             Column("held_at", Timestamp(), nullable=False),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         # Listen mode's write-to-row lag, per hour and listen session: that hour's percentiles.
         self.lag = Table(
@@ -205,7 +205,7 @@ class Tables:
             Column("p50_ms", Integer, nullable=False),
             Column("p95_ms", Integer, nullable=False),
             Column("max_ms", Integer, nullable=False),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         self.state = Table(
             "empsync_state",
