@@ -83,6 +83,8 @@ class RunResult:
     exit_code: int = 0
     # Whether a failure is worth retrying soon: a tripped mass-delete guard would trip again.
     retry: bool = True
+    # Read only what changed since the watermark (False: a full read, which also finds deletions).
+    incremental: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -278,6 +280,7 @@ class SyncEngine:
         values = self.state.get_all()
         watermark = self._starting_point(values, result.forced)
         incremental = not result.forced and bool(self.source.updated_path) and watermark is not None
+        result.incremental = incremental
         run = _Run(
             run_id=None if result.dry_run else self.state.start_run(result.kind, result.trigger),
             kind=result.kind,

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from core.config import Config
@@ -145,6 +146,30 @@ def runs_table(config: Config) -> list[dict[str, Any]]:
             return list(reversed(engine.state.recent_runs(conn, limit=1000)))
     finally:
         engine.close()
+
+
+@contextmanager
+def failing_writes(engine: SyncEngine, times: int) -> Iterator[list[str]]:
+    """The next ``times`` writes to the mirror table fail as a dropped connection fails them (the driver's own error).
+
+    A hook on the real engine, not a stand-in for the database: the statement
+    is refused before it is sent, the way a connection lost mid-batch refuses it.
+    """
+    failed: list[str] = []
+    table = re.escape(engine.config.target.table)
+    pattern = re.compile(rf"^\s*(INSERT|UPDATE|DELETE)\b.*?\b[`\"]?{table}[`\"]?\s", re.I | re.S)
+    dbapi = engine.db.engine.dialect.loaded_dbapi
+
+    def hook(conn, cursor, statement, parameters, context, executemany) -> None:
+        if len(failed) < times and pattern.match(statement[:200]):
+            failed.append(statement[:60])
+            raise dbapi.OperationalError(2013, "Lost connection to server during query (simulated)")
+
+    sa_event.listen(engine.db.engine, "before_cursor_execute", hook)
+    try:
+        yield failed
+    finally:
+        sa_event.remove(engine.db.engine, "before_cursor_execute", hook)
 
 
 # -- HTTP ---------------------------------------------------------------------------
