@@ -118,7 +118,7 @@ class FileLock(SyncLock):
     def acquire(self) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # beside employee records: theirs to read only
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # private, like the database beside it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

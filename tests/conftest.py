@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,13 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
     for section in ("source", "target", "sync", "api"):
         lines.append(f"[{section}]")
         for key, value in vars(getattr(config, section)).items():
-            lines.append(f"{key} = {_toml(value)}")
+            if key != "where":
+                lines.append(f"{key} = {_toml(value)}")
+    for condition in config.source.where:
+        lines.append("[[source.where]]")
+        lines.append(f"field = {_toml(condition.field)}")
+        lines.append(f"op = {_toml(condition.op)}")
+        lines.append(f"value = {_toml(condition.value)}")
     for spec in config.fields:
         lines.append(f'[fields."{spec.path}"]')
         lines.append(f'type = "{spec.type}"')
@@ -215,6 +222,10 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
