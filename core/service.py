@@ -16,20 +16,32 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import schedule
 
+from . import requests as req
 from . import state as keys
 from .backoff import backoff_delay
 from .config import Config, check_interval
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
-from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from .events import (
+    BatchApplied,
+    Event,
+    EventBus,
+    RequestUpdate,
+    StatusChanged,
+    SyncFailed,
+    SyncFinished,
+    SyncStarted,
+)
 from .live import LiveMirror
 from .lock import SyncLock, make_lock
+from .presence import Publisher, SharedLog, live_leader
+from .requests import Request, Requests
 from .state import iso, parse_iso, utcnow, whoami
 from .status import build_stats, build_status
 
@@ -44,6 +56,8 @@ BACKOFF_BASE_S = 5.0  # after a failed run
 BACKOFF_CAP_S = 300.0
 LEAD_BACKOFF_BASE_S = 2.0  # after the database could not be reached for the lock
 LEAD_BACKOFF_CAP_S = 60.0
+REQUESTS_S = 1.0  # how often a leader looks for requests, and an asker at the ones it sent
+RUN_KINDS = ("normal", "force")  # the request kinds this version runs
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,8 @@ class Ticket:
     trigger: str
     queued_at: datetime
     allow_mass_delete: bool = False
+    # Sent to the leading process through the database: this one does not lead.
+    forwarded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,16 +79,39 @@ class Ticket:
             "trigger": self.trigger,
             "queued_at": iso(self.queued_at),
             "allow_mass_delete": self.allow_mass_delete,
+            "forwarded": self.forwarded,
         }
 
 
+@dataclass
+class _Asked:
+    """A request this process sent to the leader, followed until it ends."""
+
+    ticket: Ticket
+    status: str = req.QUEUED
+
+
 class SyncService:
-    def __init__(self, config: Config, *, engine: SyncEngine | None = None, bus: EventBus | None = None) -> None:
+    """The worker and its face API. ``attach``: never take the lock, only watch and steer the leader."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: SyncEngine | None = None,
+        bus: EventBus | None = None,
+        attach: bool = False,
+    ) -> None:
         self.config = config
         self.bus = bus or EventBus()
         self.engine = engine or SyncEngine(config, bus=self.bus)
         self.engine.bus = self.bus
         self.identity = whoami()
+        self.attach = attach
+        self.requests = Requests(self.engine.db)
+        # What other consoles read: the leader's log lines (this process's own, once it leads).
+        self.shared_log = SharedLog(self.engine.db)
+        self._publisher = None if attach else Publisher(self.engine.db, self.identity, self._published, self._leads)
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,7 +129,9 @@ class SyncService:
             "failures": 0,
             "retry_at": None,
             "pending": [],
+            "attached": attach,
         }
+        self._leader_view: dict[str, Any] | None = None  # the leader's published view, while this one does not lead
         self._db_status: dict[str, Any] = {}
         self._stats: dict[str, Any] = {}
         self._interval = config.sync.interval
@@ -100,6 +141,11 @@ class SyncService:
         self._retry_at: float | None = None
         self._retry_force = False
         self._pending: dict[str, Ticket] = {}
+        # Requests from other processes this leader took, by kind: the next run of that kind serves them.
+        self._remote: dict[str, list[int]] = {}
+        self._serving: list[int] = []  # those the current run serves
+        self._asked: dict[int, _Asked] = {}  # requests this process sent to the leader, by row id
+        self._next_requests = 0.0
         self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
 
@@ -107,6 +153,8 @@ class SyncService:
 
     def start(self) -> SyncService:
         if self._thread is None:
+            if self._publisher is not None:
+                self._publisher.start()
             self._thread = threading.Thread(target=self._main, name="empsync-worker", daemon=True)
             self._thread.start()
         return self
@@ -149,17 +197,22 @@ class SyncService:
         return self.bus.subscribe(callback)
 
     def snapshot(self) -> dict[str, Any]:
-        """The status: the database's view, overlaid with this service's live view."""
+        """The status: the database's view, overlaid with this service's live view.
+
+        While another process leads, ``leader_view`` holds what it last published
+        (``service``, ``at``, ``fresh``, ``snapshot``): what a console shows.
+        """
         listen = self._live_mirror.status() if self._live_mirror is not None else {}
         with self._snapshot_lock:
-            return {**self._db_status, **self._live, **listen}
+            return {**self._db_status, **self._live, **listen, "leader_view": self._leader_view}
 
     def stats(self) -> dict[str, Any]:
         with self._snapshot_lock:
             return dict(self._stats)
 
     def _queue_run(self, kind: str, trigger: str, allow_mass_delete: bool = False) -> Ticket:
-        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete)
+        forwarded = self.attach or not self.is_leader  # the leader runs it: this process asks it to
+        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, forwarded)
         self._commands.put(("run", ticket))
         with self._snapshot_lock:
             self._live["pending"] = [*self._live["pending"], ticket.to_json()]
@@ -168,7 +221,11 @@ class SyncService:
     # -- the worker thread -----------------------------------------------------
 
     def _main(self) -> None:
-        log.info("Starting empsync service %s (mode %s)", self.identity, self.config.sync.mode)
+        if self.attach:
+            log.info("Attached console %s: watching and steering the leader; this process never syncs", self.identity)
+            self._set_state("attached", "looking for the leader")
+        else:
+            log.info("Starting empsync service %s (mode %s)", self.identity, self.config.sync.mode)
         next_lead_try = next_settings = next_status = 0.0
         next_lead_check = time.monotonic() + LEAD_CHECK_S
         lead_failures = 0
@@ -182,7 +239,10 @@ class SyncService:
                     if now >= next_status:
                         first, next_status = next_status == 0.0, now + STATUS_REFRESH_S
                         self._refresh_status(count_documents=not first)  # leading never waits on a count
-                    if not self.is_leader and now >= next_lead_try:
+                    self._exchange_requests()
+                    if self.attach:
+                        pass  # never leads
+                    elif not self.is_leader and now >= next_lead_try:
                         try:
                             self._try_lead()
                             lead_failures = 0
@@ -207,8 +267,13 @@ class SyncService:
                     log.exception("unexpected error on the sync worker; carrying on")
                     self._stop.wait(1.0)
         finally:
+            led = self.is_leader
+            if self._publisher is not None:
+                self._publisher.stop()  # before the leader key goes: a last view must not outlive it
             self._step_down("stopped")
             self._set_state("stopped", "")
+            if self._publisher is not None:
+                self._publisher.flush(write=led)
             self.engine.close()
             log.info("empsync service stopped")
 
@@ -244,15 +309,7 @@ class SyncService:
             except queue.Empty:
                 return
             if name == "run":
-                ticket: Ticket = arg
-                current = self._pending.get(ticket.kind)
-                if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
-                    # The newer request says more: it replaces the one waiting.
-                    self._drop_pending_ticket(current)
-                    current = None
-                self._pending[ticket.kind] = current or ticket  # one pending run of each kind
-                if current is not None:
-                    self._drop_pending_ticket(ticket)
+                self._forward(arg) if arg.forwarded else self._add_pending(arg)
             elif name == "interval":
                 self._store(**{keys.INTERVAL: arg})
                 self._apply_interval(arg, "database")
@@ -270,11 +327,194 @@ class SyncService:
             if self._stop.is_set():
                 return
 
+    def _add_pending(self, ticket: Ticket) -> None:
+        current = self._pending.get(ticket.kind)
+        if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
+            # The newer request says more: it replaces the one waiting.
+            self._drop_pending_ticket(current)
+            current = None
+        self._pending[ticket.kind] = current or ticket  # one pending run of each kind
+        if current is not None:
+            self._drop_pending_ticket(ticket)
+
     def _store(self, **values: Any) -> None:
         try:
             self.engine.state.set(**values)
         except EmpsyncError as exc:
             log.error("could not store %s: %s", ", ".join(values), exc.message)
+
+    # -- requests between processes (core/requests.py) ----------------------------
+
+    def _exchange_requests(self) -> None:
+        """At most every ``REQUESTS_S``: a leader takes the queued requests; an asker follows its own."""
+        now = time.monotonic()
+        if now < self._next_requests:
+            return
+        self._next_requests = now + REQUESTS_S
+        if self.is_leader:
+            self._claim_requests()
+        if self._asked:
+            self._follow_requests()
+
+    def _forward(self, ticket: Ticket) -> None:
+        """A face's run request, while another process leads: queue it for the leader."""
+        payload = {"allow_mass_delete": True} if ticket.allow_mass_delete else {}
+        try:
+            row = self.requests.queue(ticket.kind, ticket.trigger, self.identity, payload)
+        except EmpsyncError as exc:
+            log.error("Could not send the %s run request to the leader: %s", ticket.kind, exc.message)
+            self._drop_pending_ticket(ticket)
+            self.bus.emit(
+                RequestUpdate(
+                    utcnow(),
+                    None,
+                    ticket.request_id,
+                    ticket.kind,
+                    ticket.trigger,
+                    req.FAILED,
+                    reason=f"could not queue it: {exc.message}",
+                )
+            )
+            return
+        self._asked[row] = _Asked(ticket)
+        self._set_pending_status(ticket, row, req.QUEUED, None)
+        leader = self._live.get("leader")
+        log.info("Asked the leader %s for a %s run (request #%d)", leader or "(none yet)", ticket.kind, row)
+        self.bus.emit(RequestUpdate(utcnow(), row, ticket.request_id, ticket.kind, ticket.trigger, req.QUEUED))
+
+    def _follow_requests(self) -> None:
+        try:
+            rows = self.requests.get_many(self._asked)
+        except EmpsyncError:
+            return  # the database is away: the next look sees where they are
+        now = utcnow()
+        for row_id, asked in list(self._asked.items()):
+            row = rows.get(row_id)
+            if row is None:  # deleted by hand
+                row = Request(row_id, asked.ticket.kind, asked.ticket.trigger, self.identity, now, req.EXPIRED)
+            elif row.status == req.QUEUED and (now - row.requested_at).total_seconds() > req.TTL_S:
+                try:
+                    if self.requests.cancel(row_id):
+                        row = replace(row, status=req.EXPIRED)
+                except EmpsyncError:
+                    pass
+            if row.status != asked.status:
+                asked.status = row.status
+                self._report(asked.ticket, row)
+            if row.is_final:
+                del self._asked[row_id]
+                self._drop_pending_ticket(asked.ticket)
+
+    def _report(self, ticket: Ticket, row: Request) -> None:
+        self._set_pending_status(ticket, row.id, row.status, row.claimed_by)
+        if row.claimed_by == self.identity:
+            return  # this process took it itself (it leads now): its own run events tell the story
+        what = f"request #{row.id} ({row.kind} run)"
+        reason = ""
+        if row.status == req.CLAIMED:
+            log.info("The leader %s took %s", row.claimed_by, what)
+        elif row.status == req.RUNNING:
+            log.info("The leader %s runs %s as run #%s", row.claimed_by, what, row.run_id)
+        elif row.status in (req.DONE, req.FAILED):
+            result = row.result or {}
+            reason = result.get("reason") or ""
+            level = logging.INFO if row.status == req.DONE else logging.WARNING
+            log.log(
+                level,
+                "The leader %s ended %s: %s%s",
+                row.claimed_by,
+                what,
+                result.get("status") or row.status,
+                f" ({reason})" if reason else "",
+            )
+        elif row.status == req.EXPIRED:
+            reason = f"no leader took it within {req.TTL_S:.0f} s"
+            log.warning("%s expired: %s", what.capitalize(), reason)
+        self.bus.emit(
+            RequestUpdate(
+                utcnow(),
+                row.id,
+                ticket.request_id,
+                row.kind,
+                row.trigger,
+                row.status,
+                row.claimed_by,
+                row.run_id,
+                row.result,
+                reason,
+            )
+        )
+
+    def _set_pending_status(self, ticket: Ticket, row: int, status: str, leader: str | None) -> None:
+        with self._snapshot_lock:
+            self._live["pending"] = [
+                {**p, "request": row, "status": status, "leader": leader} if p["request_id"] == ticket.request_id else p
+                for p in self._live["pending"]
+            ]
+
+    def _claim_requests(self) -> None:
+        try:
+            claimed = self.requests.claim(self.identity)
+        except EmpsyncError as exc:
+            log.debug("could not look for requests: %s", exc.message)
+            return
+        for request in claimed:
+            if request.kind not in RUN_KINDS:
+                result = self._result_of_nothing(request, f"this leader does not run requests of kind {request.kind!r}")
+                self._finish_requests([request.id], result)
+                continue
+            allow = request.payload.get("allow_mass_delete") is True
+            ticket = Ticket(next(self._ids), request.kind, request.trigger, request.requested_at, allow)
+            self._remote.setdefault(request.kind, []).append(request.id)
+            log.info(
+                "Took request #%d from %s (%s): a %s run",
+                request.id,
+                request.requested_by,
+                request.trigger,
+                request.kind,
+            )
+            with self._snapshot_lock:
+                self._live["pending"] = [*self._live["pending"], {**ticket.to_json(), "request": request.id}]
+            self._add_pending(ticket)
+
+    def _finish_requests(self, ids: list[int], result: RunResult) -> None:
+        if not ids:
+            return
+        try:
+            self.requests.finish(ids, self.identity, result.to_json(), result.exit_code)
+        except EmpsyncError as exc:
+            log.warning("could not record the result of request(s) %s: %s", ", ".join(map(str, ids)), exc.message)
+
+    def _release_requests(self) -> None:
+        """Requests taken but not yet run go back to the queue: this process no longer leads."""
+        ids = [i for kind in self._remote.values() for i in kind]
+        self._remote.clear()
+        if ids:
+            try:
+                self.requests.release(ids, self.identity)
+                log.info("Handed request(s) %s back to the queue for the next leader", ", ".join(map(str, ids)))
+            except EmpsyncError:
+                pass  # the next leader puts them back itself
+
+    @staticmethod
+    def _result_of_nothing(request: Request, reason: str) -> RunResult:
+        return RunResult(
+            status="failed",
+            reason=reason,
+            forced=request.kind == "force",
+            kind=request.kind,
+            trigger=request.trigger,
+            exit_code=1,
+        )
+
+    def _published(self) -> dict[str, Any]:
+        """What the publisher writes for other processes: this process's live view."""
+        listen = self._live_mirror.status() if self._live_mirror is not None else {}
+        with self._snapshot_lock:
+            return {**self._live, **listen}
+
+    def _leads(self) -> bool:
+        return self.is_leader and not self._stop.is_set()
 
     # -- leadership ------------------------------------------------------------
 
@@ -297,23 +537,37 @@ class SyncService:
         try:
             self.engine.state.set(**{keys.LEADER: self.identity})
             closed = self.engine.state.close_interrupted_runs()
+            held = [i for ids in self._remote.values() for i in ids]
+            requeued, cut_off = self.requests.recover(held, self._interrupted)
         except EmpsyncError:
             self._lock.release()  # lead only with the bookkeeping done; the next try starts over
             raise
         with self._snapshot_lock:
             self._live["is_leader"] = True
             self._live["leader"] = self.identity
+            self._leader_view = None
         if closed:
             log.warning("Marked %d run(s) left by a stopped process as interrupted", closed)
+        if requeued or cut_off:
+            log.warning(
+                "Took over the requests of the previous leader: %d back in the queue, %d failed (cut off mid-run)",
+                requeued,
+                cut_off,
+            )
         log.info("Leading: this service syncs (%s)", self._lock.name)
         self._reschedule()
         self._set_state(self._idle_state())
+
+    def _interrupted(self, request: Request) -> dict[str, Any]:
+        reason = f"interrupted: the leader {request.claimed_by} stopped before the run ended"
+        return self._result_of_nothing(request, reason).to_json()
 
     def _check_lead(self) -> None:
         if self._lock is not None and not self._lock.still_held():
             log.error("Lost the sync lock (database connection lost): syncing stops until it is regained")
             with self._snapshot_lock:
                 self._live["is_leader"] = False
+            self._release_requests()
             if self._live_mirror is not None:
                 self._live_mirror.stop("interrupted", "lost the sync lock")
             self._set_state("standby", "lost the lock; trying to regain it")
@@ -324,9 +578,10 @@ class SyncService:
         if self._lock is None:
             return
         if self._live["is_leader"]:
+            self._release_requests()
             try:
                 if self.engine.state.get(keys.LEADER) == self.identity:
-                    self.engine.state.forget(keys.LEADER)
+                    self.engine.state.forget(keys.LEADER, keys.LEADER_LIVE)
             except EmpsyncError:
                 pass
         try:
@@ -381,8 +636,15 @@ class SyncService:
             log.info("Scheduled runs %s", "paused" if paused else "resumed")
         if not self.is_leader:
             leader = values.get(keys.LEADER)
+            live = live_leader(values)
+            view = None
+            if live is not None:
+                view = {"service": live.service, "at": iso(live.at), "fresh": live.fresh(), "snapshot": live.snapshot}
             with self._snapshot_lock:
                 self._live["leader"] = leader
+                self._leader_view = view
+            if self.attach:
+                self._set_state("attached", f"leader {leader}" if view and view["fresh"] else "no live leader")
         elif self._live["state"] in ("idle", "paused", "disabled"):
             self._set_state(self._idle_state())
 
@@ -417,7 +679,10 @@ class SyncService:
             ticket = self._pending.pop(kind, None)
             if ticket is not None:
                 self._drop_pending_ticket(ticket)
-                self._run(kind, ticket.trigger, scheduled=False, ticket=ticket)
+                serving = self._remote.pop(kind, [])
+                if kind == "force":
+                    serving += self._remote.pop("normal", [])  # a force run covers a normal one
+                self._run(kind, ticket.trigger, scheduled=False, ticket=ticket, serving=serving)
                 if kind == "force":
                     self._pending.pop("normal", None)  # a force run covers a normal one
                     with self._snapshot_lock:
@@ -427,11 +692,21 @@ class SyncService:
         with self._snapshot_lock:
             self._live["pending"] = [p for p in self._live["pending"] if p["request_id"] != ticket.request_id]
 
-    def _run(self, kind: str, trigger: str, *, scheduled: bool, ticket: Ticket | None = None) -> RunResult | None:
+    def _run(
+        self,
+        kind: str,
+        trigger: str,
+        *,
+        scheduled: bool,
+        ticket: Ticket | None = None,
+        serving: list[int] | None = None,
+    ) -> RunResult | None:
+        """One run on the worker; ``serving``: the requests of other processes it answers."""
         if scheduled and (reason := self._schedule_block()):
             log.debug("scheduled %s run skipped: %s", kind, reason)
             return None
         force = kind == "force"
+        self._serving = serving or []
         try:
             result = self.engine.run(
                 force=force,
@@ -444,6 +719,9 @@ class SyncService:
         except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
             log.exception("the %s run raised instead of failing cleanly", kind)
             result = self._record_crash(kind, trigger, exc)
+        finally:
+            self._serving = []
+        self._finish_requests(serving or [], result)
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
@@ -496,7 +774,7 @@ class SyncService:
 
     def _idle_state(self) -> str:
         if not self.is_leader:
-            return "standby"
+            return "attached" if self.attach else "standby"
         if self.listening_mode and self._live_mirror is not None and self._live_mirror.state != "stopped":
             return self._live_mirror.state
         return self._schedule_block() or "idle"
@@ -536,6 +814,11 @@ class SyncService:
     def _on_event(self, event: Event) -> None:
         """The service's own view of a run in progress (called on the worker thread)."""
         if isinstance(event, SyncStarted):
+            if self._serving:
+                try:
+                    self.requests.started(self._serving, self.identity, event.run_id)
+                except EmpsyncError:
+                    pass  # its result is recorded when it ends
             with self._snapshot_lock:
                 self._live["current_run"] = {
                     "run_id": event.run_id,
@@ -549,8 +832,10 @@ class SyncService:
             with self._snapshot_lock:
                 if self._live["current_run"] is not None:
                     self._live["current_run"] = {**self._live["current_run"], "counts": event.counts}
-            # Quick commands (interval, pause) are handled between batches, even in a long run.
+            # Quick commands (interval, pause) are handled between batches, even in a long run,
+            # and requests from other processes are taken (they run after this one).
             self._drain_commands(runs=False)
+            self._exchange_requests()
         elif isinstance(event, (SyncFinished, SyncFailed)):
             with self._snapshot_lock:
                 self._live["current_run"] = None
