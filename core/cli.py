@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"empsync {__version__}")
     parser.add_argument("--no-ui", action="store_true", help="run the sync service headless (logs to stderr)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format for --no-ui")
+    parser.add_argument(
+        "--attach",
+        action="store_true",
+        help="a console that never takes the sync lock: it watches and steers the service that leads",
+    )
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
 
     p = sub.add_parser("sync", parents=[common], help="one sync run, then exit (cron-able)")
@@ -68,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a full read delete more rows than [target] max_delete_fraction allows",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    waiting = p.add_mutually_exclusive_group()
+    waiting.add_argument(
+        "--wait",
+        action="store_true",
+        help="while a service leads: have it make the run and wait for the result (the default with --force)",
+    )
+    waiting.add_argument(
+        "--no-wait", action="store_true", help="while a service leads: only queue the run for it, print the request id"
+    )
+    p.add_argument("--status", action="store_true", help="print the status instead (as `empsync status`)")
+    p.add_argument(
+        "--interval", metavar="N", help="persist a new interval, as `empsync interval N` (runs nothing by itself)"
+    )
 
     for name, text in (
         ("status", "state from the database"),
@@ -143,6 +162,17 @@ def open_engine(config: Config, schema: bool = True) -> Iterator[SyncEngine]:
 
 
 def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    """One run here; while a service holds the lock, forced or asked to wait, the service makes it."""
+    runs = args.force or args.dry_run or args.wait or args.no_wait or args.allow_mass_delete
+    if args.status:  # the seed's `employee:sync-realtime --status`
+        if runs or args.interval is not None:
+            raise UsageError("empsync sync --status prints the status; it takes no other option but --json")
+        return cmd_status(args, config)
+    if args.interval is not None:  # the seed's `--interval=N`: persist it, and run only if asked to
+        with redirect_stdout(sys.stderr if runs else sys.stdout):  # stdout is the run's (--json)
+            cmd_interval(argparse.Namespace(seconds=args.interval, reset=False), config)
+        if not runs:
+            return EXIT_OK
     with open_engine(config, schema=False) as engine:  # the run ensures it, with errors as a result
         result = engine.run(
             force=args.force,
@@ -151,8 +181,26 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
             trigger="cli",
             allow_mass_delete=args.allow_mass_delete,
         )
+        raw = None  # the leader's own record of a run it made for us
+        if result.exit_code == EXIT_LOCKED and not args.dry_run and (args.force or args.wait or args.no_wait):
+            from .remote import LeaderGone, NoLiveLeader
+
+            try:
+                answer = ask_the_leader(engine, args)
+            except (NoLiveLeader, LeaderGone) as exc:  # told as a run of this process would tell it
+                status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
+                result = replace(result, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+            else:
+                if answer.result is None:
+                    kind = "force" if args.force else "normal"
+                    if args.json:
+                        emit_json(answer.queued_json(kind))
+                    else:
+                        print(f"queued request #{answer.request_id} ({kind} run) for the leader {answer.leader}")
+                    return EXIT_OK
+                result, raw = answer.result, answer.raw
     if args.json:
-        emit_json(result.to_json())
+        emit_json(raw or result.to_json())
     elif result.exit_code:
         print_error(result.reason, result.hint)
     else:
@@ -160,6 +208,18 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
 
         print(sync_summary(result))
     return result.exit_code
+
+
+def ask_the_leader(engine: SyncEngine, args: argparse.Namespace):
+    """The lock is held: a live service makes the run (core/remote.py); progress goes to a terminal only."""
+    from .remote import ask_leader
+
+    def progress(line: str) -> None:
+        if sys.stderr.isatty():
+            print(f"empsync: {line}", file=sys.stderr)
+
+    payload = {"allow_mass_delete": True} if args.allow_mass_delete else {}
+    return ask_leader(engine, "force" if args.force else "normal", payload, wait=not args.no_wait, progress=progress)
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -251,7 +311,7 @@ def cmd_service(args: argparse.Namespace, config: Config) -> int:
 def cmd_console(args: argparse.Namespace, config: Config) -> int:
     from tui.app import run_console
 
-    return run_console(config)
+    return run_console(config, attach=args.attach)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
@@ -282,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     verbose = getattr(args, "verbose", False)
     try:
+        if args.attach and (args.no_ui or args.command):
+            raise UsageError("--attach opens the console; it takes neither --no-ui nor a command")
         if args.command == "demo":
             setup_logging(verbose)
             return cmd_demo(args, None)
