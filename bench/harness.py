@@ -67,14 +67,16 @@ def doc_id(i: int) -> str:
     return f"emp{i:07d}"
 
 
-def make_config(emulator_host: str, project: str, url: str, page_size: int = 2_000, **target: Any) -> cfg.Config:
+def make_config(
+    emulator_host: str, project: str, url: str, page_size: int = 2_000, updated_field: str = "updated_at", **target: Any
+) -> cfg.Config:
     """The bench's sync configuration: the employee fields, incremental by updated_at."""
     return cfg.from_dict(
         {
             "source": {
                 "project": project,
                 "emulator_host": emulator_host,
-                "updated_field": "updated_at",
+                "updated_field": updated_field,
                 "page_size": page_size,
                 "timeout": 120,
             },

@@ -12,7 +12,7 @@ BENCHMARKS = ("apply", "force", "rss", "idle", "latency")
 @dataclass(frozen=True)
 class Sizes:
     apply_rows: int = 3_000  # rows written by the store and by the row-by-row baseline
-    force_docs: int = 20_000  # documents of the force-sync-versus-stream comparison
+    force_docs: int = 50_000  # documents of the force-sync-versus-stream comparison
     pairs: int = 3  # alternating (sync, stream) pairs; the median ratio is reported
     rss_small: int = 5_000
     rss_large: int = 50_000

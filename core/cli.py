@@ -10,7 +10,10 @@ import argparse
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import replace
@@ -26,6 +29,8 @@ if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it 
 log = logging.getLogger("empsync")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+MAX_LIMIT = 100_000  # --limit: more rows than any terminal shows, fewer than a database chokes on
 
 
 class UsageError(Exception):
@@ -35,6 +40,13 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # exit 2 with one line, like every other usage error
         raise UsageError(f"{self.prog}: {message}")
+
+
+def whole_number(text: str) -> int:
+    """ASCII digits only, as everywhere else: int() would take "٣٠" and "3_0"."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,18}", text.strip()):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("changes", parents=[common], help="the most recent field-level changes")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--limit", type=whole_number, default=20, metavar="N", help="how many (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("interval", parents=[common], help="persist a new sync interval (10 to 86,400 s)")
@@ -116,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed-only", action="store_true", help="fill an emulator with sample employees and exit")
     p.add_argument("--no-ui", action="store_true", default=argparse.SUPPRESS, help="run the demo headless")
-    p.add_argument("--employees", type=int, default=300, metavar="N", help="how many sample employees (default 300)")
+    p.add_argument(
+        "--employees", type=whole_number, default=300, metavar="N", help="how many sample employees (default 300)"
+    )
     p.add_argument("--emulator-host", metavar="HOST:PORT", help="use a running emulator instead of starting one")
     p.add_argument(
         "--pace", type=float, default=1.0, metavar="SECONDS", help="average seconds between app edits (default 1)"
@@ -141,7 +155,16 @@ def setup_logging(verbose: bool, fmt: str = "text") -> None:
 
 
 def emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    from .safe import json_safe
+
+    print(json_safe(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
+
+
+def emit_text(text: str) -> None:
+    """A command's text result; the renderers escape each value, this keeps the whole terminal-safe."""
+    from .safe import terminal_safe
+
+    print(terminal_safe(text, multiline=True))
 
 
 # -- commands -------------------------------------------------------------------
@@ -173,20 +196,31 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
             cmd_interval(argparse.Namespace(seconds=args.interval, reset=False), config)
         if not runs:
             return EXIT_OK
-    with open_engine(config, schema=False) as engine:  # the run ensures it, with errors as a result
-        result = engine.run(
-            force=args.force,
-            dry_run=args.dry_run,
-            when_due=True,
-            trigger="cli",
-            allow_mass_delete=args.allow_mass_delete,
-        )
-        raw = None  # the leader's own record of a run it made for us
+    raw = None  # the leader's own record of a run it made for us
+    with open_engine(config, schema=False) as engine, interruptible() as stopped:  # the run ensures the schema
+        try:
+            result = engine.run(
+                force=args.force,
+                dry_run=args.dry_run,
+                when_due=True,
+                trigger="cli",
+                allow_mass_delete=args.allow_mass_delete,
+                stop=stopped.event,
+            )
+        except KeyboardInterrupt:  # the second signal: no waiting for the batch
+            try:
+                engine.state.close_runs_of_this_process()
+            except EmpsyncError:
+                pass  # the next run that takes the lock marks it
+            raise
         if result.exit_code == EXIT_LOCKED and not args.dry_run and (args.force or args.wait or args.no_wait):
-            from .remote import LeaderGone, NoLiveLeader
+            from .remote import LeaderGone, NoLiveLeader, StoppedWaiting
 
             try:
-                answer = ask_the_leader(engine, args)
+                answer = ask_the_leader(engine, args, stopped.event)
+            except StoppedWaiting as exc:
+                print_error(exc.message, exc.hint)
+                return 128 + (stopped.signal or signal.SIGINT)
             except (NoLiveLeader, LeaderGone) as exc:  # told as a run of this process would tell it
                 status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
                 result = replace(result, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code)
@@ -199,18 +233,53 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
                         print(f"queued request #{answer.request_id} ({kind} run) for the leader {answer.leader}")
                     return EXIT_OK
                 result, raw = answer.result, answer.raw
+    # Stopped by a signal: whole batches are kept and the run is marked interrupted; say so, and exit
+    # as a shell expects (130 for Ctrl-C). A run that ended before it noticed is reported as usual.
+    interrupted = stopped.signal if result.status == "failed" and raw is None else None
     if args.json:
         emit_json(raw or result.to_json())
+    elif interrupted:
+        print_error(f"interrupted by {interrupted.name}: {result.reason}", result.hint)
     elif result.exit_code:
         print_error(result.reason, result.hint)
     else:
         from .render import sync_summary
 
-        print(sync_summary(result))
-    return result.exit_code
+        emit_text(sync_summary(result))
+    return 128 + interrupted if interrupted else result.exit_code
 
 
-def ask_the_leader(engine: SyncEngine, args: argparse.Namespace):
+class Interrupted:
+    """Which signal asked a one-shot run to stop, and the event the run watches."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: signal.Signals | None = None
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def interruptible() -> Iterator[Interrupted]:
+    """Ctrl-C, SIGTERM or a hang-up stops the run after its batch; a second signal stops it at once."""
+    stopped = Interrupted()
+
+    def on_signal(signum: int, _frame) -> None:
+        if stopped.event.is_set():
+            raise KeyboardInterrupt
+        stopped.signal = signal.Signals(signum)
+        stopped.event.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def ask_the_leader(engine: SyncEngine, args: argparse.Namespace, stop: threading.Event):
     """The lock is held: a live service makes the run (core/remote.py); progress goes to a terminal only."""
     from .remote import ask_leader
 
@@ -219,7 +288,8 @@ def ask_the_leader(engine: SyncEngine, args: argparse.Namespace):
             print(f"empsync: {line}", file=sys.stderr)
 
     payload = {"allow_mass_delete": True} if args.allow_mass_delete else {}
-    return ask_leader(engine, "force" if args.force else "normal", payload, wait=not args.no_wait, progress=progress)
+    kind = "force" if args.force else "normal"
+    return ask_leader(engine, kind, payload, wait=not args.no_wait, progress=progress, stop=stop)
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -228,7 +298,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
     with open_engine(config) as engine:
         status = build_status(engine)
-    emit_json(status) if args.json else print(status_text(status))
+    emit_json(status) if args.json else emit_text(status_text(status))
     return EXIT_OK
 
 
@@ -238,18 +308,18 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
     with open_engine(config) as engine:
         stats = build_stats(engine)
-    emit_json(stats) if args.json else print(stats_text(stats))
+    emit_json(stats) if args.json else emit_text(stats_text(stats))
     return EXIT_OK
 
 
 def cmd_changes(args: argparse.Namespace, config: Config) -> int:
     from .render import changes_text, jsonable
 
-    if args.limit < 1:
-        raise ConfigError("--limit", "must be at least 1")
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise ConfigError("--limit", f"must be from 1 to {MAX_LIMIT:,}")
     with open_engine(config) as engine:
         rows = engine.state.recent_changes(limit=args.limit)
-    emit_json([jsonable(r) for r in rows]) if args.json else print(changes_text(rows))
+    emit_json([jsonable(r) for r in rows]) if args.json else emit_text(changes_text(rows))
     return EXIT_OK
 
 
@@ -258,7 +328,7 @@ def cmd_rejects(args: argparse.Namespace, config: Config) -> int:
 
     with open_engine(config) as engine:
         rows = engine.state.rejects()
-    emit_json([jsonable(r) for r in rows]) if args.json else print(rejects_text(rows))
+    emit_json([jsonable(r) for r in rows]) if args.json else emit_text(rejects_text(rows))
     return EXIT_OK
 
 
@@ -268,9 +338,9 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
     seconds = None
     if not args.reset:
         try:
-            seconds = int(args.seconds)
-        except ValueError:
-            raise ConfigError("interval", f"{args.seconds!r} is not a whole number of seconds") from None
+            seconds = whole_number(args.seconds)
+        except argparse.ArgumentTypeError:
+            raise ConfigError("interval", f"{args.seconds[:40]!r} is not a whole number of seconds") from None
         check_interval(seconds)
     with open_engine(config) as engine:
         if seconds is None:
@@ -305,7 +375,7 @@ def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
 def cmd_service(args: argparse.Namespace, config: Config) -> int:
     from .headless import run_headless
 
-    return run_headless(config, log_format=args.log_format)
+    return run_headless(config, log_format=args.log_format, verbose=getattr(args, "verbose", False))
 
 
 def cmd_console(args: argparse.Namespace, config: Config) -> int:
@@ -328,17 +398,19 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 
 
 def print_error(message: str, hint: str = "") -> None:
-    print(f"empsync: {message}", file=sys.stderr)
+    from .safe import terminal_safe
+
+    # A reason may quote a document id or a value from the config: one line each, escaped.
+    print(f"empsync: {terminal_safe(message)}", file=sys.stderr)
     if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
+        print(f"  hint: {terminal_safe(hint)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        print(exc, file=sys.stderr)
-        print("  hint: empsync --help lists the commands", file=sys.stderr)
+        print_error(str(exc).removeprefix("empsync: "), "empsync --help lists the commands")
         return EXIT_USAGE
     verbose = getattr(args, "verbose", False)
     try:
@@ -361,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(exc.message, exc.hint)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        print_error("interrupted")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `empsync changes | head`
         sys.stderr.close()
         return EXIT_OK

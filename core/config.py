@@ -15,9 +15,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .conditions import Condition, load_conditions
 from .errors import ConfigError
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Validating patterns are used with fullmatch: ``$`` would also match before a final newline.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# Firestore's limits for a field path: at most 1,500 bytes, no segment of the reserved __*__ form.
+FIELD_PATH_MAX_BYTES = 1500
+_RESERVED_SEGMENT = re.compile(r"__.*__", re.DOTALL)
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # 18 digits: more is out of every range
+_EMULATOR_HOST = re.compile(r"[\w.\-\[\]:]+:[0-9]{1,5}", re.ASCII)
 FIELD_TYPES = ("string", "text", "integer", "float", "boolean", "datetime", "date", "json")
 DELETE_MODES = ("soft", "hard", "keep")
 MODES = ("poll", "listen")
@@ -62,6 +69,8 @@ class SourceConfig:
     timeout: int = 60
     # The least margin a resume point keeps before the newest time seen; the measured commit lag widens it.
     watermark_margin_ms: int = 100
+    # [[source.where]]: only documents meeting every condition are mirrored (core.conditions).
+    where: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,8 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str = ""
+    # With a token set, /metrics needs it too unless this is true (for a scraper that cannot send one).
+    metrics_public: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,12 @@ def load(
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                str(path),
+                f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                "save it as UTF-8",
+            ) from None
         except OSError as exc:
             raise ConfigError(str(path), f"cannot be read ({exc.strerror})") from None
     elif cli_path or env.get("EMPSYNC_CONFIG"):
@@ -199,6 +216,9 @@ def from_dict(
             raise ConfigError(name, "must be a table, like [" + name + "]")
         values: dict[str, Any] = {}
         for key, value in table.items():
+            if (name, key) == ("source", "where"):
+                values[key] = load_conditions(value, field_path_problem)
+                continue
             values[key] = _check_type(cls, f"{name}.{key}", key, value)
         if name == "sync" and "interval" in values:
             interval_source = "file"
@@ -249,10 +269,10 @@ def _from_env(cls: type, var: str, key: str, text: str) -> Any:
             return word in TRUE_WORDS
         raise ConfigError(var, f"must be true or false, not {text!r}")
     if expected is int:
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise ConfigError(var, f"must be a whole number, not {text!r}") from None
+        # ASCII digits only, as the mapping reads integers: int() would take "٣٠" and "3_0".
+        if not _ASCII_INTEGER.fullmatch(text.strip()):
+            raise ConfigError(var, f"must be a whole number (ASCII digits), not {text[:40]!r}")
+        return int(text.strip())
     return text
 
 
@@ -262,12 +282,26 @@ def _type_word(t: type) -> str:
     )
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def field_key(path: str) -> str:
     """A field's key as written in sync.toml: ``fields.name`` or ``fields."address.city"``."""
-    return f"fields.{path}" if _BARE_KEY.match(path) else f'fields."{path}"'
+    return f"fields.{path}" if _BARE_KEY.fullmatch(path) else f'fields."{path}"'
+
+
+def field_path_problem(path: str) -> str | None:
+    """Why Firestore would refuse ``path`` (dot-separated segments) as a field path, or None."""
+    if not path:
+        return "is empty"
+    if len(path.encode("utf-8", "surrogatepass")) > FIELD_PATH_MAX_BYTES:
+        return f"is longer than Firestore's {FIELD_PATH_MAX_BYTES:,} bytes for a field path"
+    for segment in path.split("."):
+        if segment == "":
+            return f"{path!r} has an empty segment (two dots, or a dot at an end)"
+        if _RESERVED_SEGMENT.fullmatch(segment):
+            return f"{path!r} has the segment {segment!r}: Firestore reserves names of the form __name__"
+    return None
 
 
 def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:
@@ -294,10 +328,10 @@ def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:
             raise ConfigError(f"{key}.max_length", "must be a whole number from 1 to 16383")
         if "max_length" in table and type_name != "string":
             raise ConfigError(f"{key}.max_length", f"applies to type string only, not {type_name}")
-        if any(part == "" for part in path.split(".")):
-            raise ConfigError(key, "a field path has an empty segment")
+        if problem := field_path_problem(path):
+            raise ConfigError(key, f"field path {problem}")
         column = table.get("column", path.replace(".", "_"))
-        if not isinstance(column, str) or not IDENTIFIER.match(column):
+        if not isinstance(column, str) or not IDENTIFIER.fullmatch(column):
             raise ConfigError(
                 f"{key}.column" if "column" in table else key,
                 f"column name {column!r} is not an identifier (letters, digits, _; at most 64)",
@@ -310,7 +344,7 @@ def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:
 def validate(config: Config) -> None:
     s, t, y, a = config.source, config.target, config.sync, config.api
     for key, name in (("target.table", t.table), ("target.id_column", t.id_column)):
-        if not IDENTIFIER.match(name):
+        if not IDENTIFIER.fullmatch(name):
             raise ConfigError(key, f"{name!r} is not an identifier (letters, digits, _; at most 64)")
     if t.table.lower().startswith("empsync_"):
         raise ConfigError("target.table", "the empsync_ prefix is reserved for empsync's own tables")
@@ -321,7 +355,7 @@ def validate(config: Config) -> None:
         raise ConfigError("source.collection", f"{s.collection!r} is not a collection path (like employees)")
     if s.credentials and not Path(s.credentials).expanduser().is_file():
         raise ConfigError("source.credentials", f"file not found: {s.credentials}")
-    if s.emulator_host and not re.match(r"^[\w.\-\[\]:]+:\d+$", s.emulator_host):
+    if s.emulator_host and not _EMULATOR_HOST.fullmatch(s.emulator_host):
         raise ConfigError("source.emulator_host", f"must be host:port, not {s.emulator_host!r}")
     _bounded("source.page_size", s.page_size, 1, 10_000)
     _bounded("source.timeout", s.timeout, 1, 3600)
@@ -355,6 +389,8 @@ def validate(config: Config) -> None:
         if col in seen:
             raise ConfigError(key, f"column {spec.column!r} is also used by {field_key(seen[col])}")
         seen[col] = spec.path
+    if s.updated_field and (problem := field_path_problem(s.updated_field)):
+        raise ConfigError("source.updated_field", problem)
     if s.updated_field:
         mapped = next((f for f in config.fields if f.path == s.updated_field), None)
         if mapped and mapped.type != "datetime":
@@ -395,6 +431,51 @@ def check_target_url(url: str) -> None:
         raise ConfigError(
             "target.url", f"driver {parsed.get_driver_name()!r} is not installed", "use mysql+pymysql://…"
         )
+    if parsed.query:
+        check_url_options(parsed)
+
+
+def check_url_options(parsed) -> None:
+    """Refuse URL options (``?connect_timeout=abc``, ``?foo=bar``) the driver would choke on at connect.
+
+    The dialect turns the query into the driver's keyword arguments, as it will
+    when connecting: a value it cannot convert, an option it ignores (it would
+    only warn) or one the driver's connect() does not take is a config error now.
+    """
+    import inspect
+    import warnings
+
+    from sqlalchemy.exc import SAWarning
+
+    dialect_class = parsed.get_dialect()
+    dialect = dialect_class(dbapi=dialect_class.import_dbapi())
+    driver = parsed.get_driver_name()
+    hint = "remove it, or see the driver's documentation for its options"
+    _, baseline = dialect.create_connect_args(parsed.set(query={}))
+    try:
+        parameters = inspect.signature(dialect.dbapi.connect).parameters.values()
+        accepted = {p.name for p in parameters}
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            accepted = None  # a driver that passes anything on (it checks for itself)
+    except (TypeError, ValueError):  # a built-in without a signature (sqlite3): the dialect's word is all
+        accepted = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SAWarning)  # options valid only together are checked whole below
+        for key, value in parsed.query.items():
+            try:
+                _, params = dialect.create_connect_args(parsed.set(query={key: value}))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError("target.url", f"URL option {key}: bad value ({exc})", hint) from None
+            unknown = sorted(set(params) - set(baseline) - (accepted or set(params)))
+            if unknown:
+                raise ConfigError("target.url", f"URL option {key} is not an option of the {driver} driver", hint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SAWarning)
+        try:
+            dialect.create_connect_args(parsed)
+        except SAWarning as exc:  # "Query string argument(s) 'foo' are not accepted …; <the way out>"
+            problem, _, way_out = str(exc).partition(";")
+            raise ConfigError("target.url", problem.strip(), way_out.strip() or hint) from None
 
 
 def mask_url(url: str) -> str:

@@ -7,6 +7,7 @@ driver reports an unreachable server or a wrong password.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
@@ -34,6 +35,7 @@ def is_mysql(engine_or_conn: Engine | Connection) -> bool:
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        _create_private(parsed.database, uri=bool(parsed.query.get("uri")))
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -60,6 +62,18 @@ def make_engine(url: str) -> Engine:
             cursor.execute(MYSQL_SESSION)
 
     return engine
+
+
+def _create_private(path: str | None, uri: bool) -> None:
+    """Create a new SQLite file 0600: it holds employee records. Its -wal and -shm files take its mode."""
+    if path in (None, "", ":memory:") or uri:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing database keeps the mode its owner gave it
+    except OSError:
+        pass  # a missing folder: SQLite's own error names it when connecting
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Sequence[str]) -> None:

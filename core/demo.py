@@ -110,11 +110,12 @@ def run_demo(args: argparse.Namespace) -> int:
     """``empsync demo``: the environment above, then the console (or the headless service)."""
     if args.employees < 1:
         raise cfg.ConfigError("--employees", "must be at least 1")
-    if args.pace <= 0:
-        raise cfg.ConfigError("--pace", "must be a positive number of seconds")
+    if not 0 < args.pace < 86_400:  # NaN fails this too
+        raise cfg.ConfigError("--pace", "must be a number of seconds above 0 and below 86,400")
     if args.seed_only:
         return seed_only(args)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Until the service's own handlers take over: a stop while the emulator starts or seeds cleans up too.
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with demo_environment(
             args.employees,
@@ -133,7 +134,8 @@ def run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def seed_only(args: argparse.Namespace) -> int:

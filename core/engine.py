@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import state as keys
+from .conditions import matches
 from .config import Config
 from .db import Database
 from .diff import Decision, Op, decide
@@ -83,6 +84,8 @@ class RunResult:
     exit_code: int = 0
     # Whether a failure is worth retrying soon: a tripped mass-delete guard would trip again.
     retry: bool = True
+    # Read only what changed since the watermark (False: a full read, which also finds deletions).
+    incremental: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -298,6 +301,7 @@ class SyncEngine:
         values = self.state.get_all()
         watermark = self._starting_point(values, result.forced)
         incremental = not result.forced and bool(self.source.updated_path) and watermark is not None
+        result.incremental = incremental
         run = _Run(
             run_id=None if result.dry_run else self.state.start_run(result.kind, result.trigger),
             kind=result.kind,
@@ -388,12 +392,18 @@ class SyncEngine:
         """One batch in one transaction. Documents with ``exists`` False are gone (listen mode)."""
         docs = newest_per_id(docs)
         fields = self.config.fields
+        conditions = self.config.source.where
         valid: list[tuple[SourceDoc, dict[str, Any], str]] = []
         rejected: list[Rejected] = []
         gone: list[str] = []
+        left: set[str] = set()  # documents that exist but do not meet [[source.where]]: gone for the mirror
         for doc in docs:
             if not doc.exists:
                 gone.append(doc.id)
+                continue
+            if conditions and not matches(conditions, doc.data):
+                gone.append(doc.id)
+                left.add(doc.id)
                 continue
             run.seen.add(doc.id)
             if doc.read_time is not None and (run.first_read_time is None or doc.read_time < run.first_read_time):
@@ -453,7 +463,8 @@ class SyncEngine:
         mode = self.config.target.delete_mode
         if removable and mode != "keep":  # listen mode: removals arrive with the stream, logged as a force run's
             for doc_id in removable[:LOG_CHANGES_PER_BATCH]:
-                log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
+                why = "no longer meets [[source.where]]; " if doc_id in left else ""
+                log.info("Employee deleted: %s (%s%s)", doc_id, why, "soft delete" if mode == "soft" else "row removed")
         self._announce(run, plans, rejected, audit, new_rejects)
 
     def _decide(

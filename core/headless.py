@@ -1,7 +1,8 @@
 """``empsync --no-ui``: the service with logs on stderr, for systemd and containers.
 
-It never imports Textual. SIGTERM or SIGINT asks the worker to finish or
-abandon its batch; the process exits 0 once the lock is released.
+It never imports Textual. SIGTERM, SIGINT or SIGHUP (a closed terminal or
+SSH session) asks the worker to finish or abandon its batch; the process
+exits 0 once the lock is released, the run marked and the leader key removed.
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ def log_listen_health(snapshot: dict) -> None:
     )
 
 
-def run_headless(config: Config, log_format: str = "text") -> int:
-    configure(level=logging.INFO, fmt=log_format)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_headless(config: Config, log_format: str = "text", verbose: bool = False) -> int:
+    # -v: empsync's debug lines, and libraries' tracebacks in full.
+    configure(level=logging.DEBUG if verbose else logging.INFO, fmt=log_format, detail=verbose)
     service = SyncService(config)
     api = None
     if config.api.enabled:
-        from .api import ControlApi, check_api_config
+        from .api import ControlApi
 
-        check_api_config(config.api)
-        api = ControlApi(service, config.api)
+        api = ControlApi(service, config.api)  # a bad token, host or port is a ConfigError: exit 2
     service.subscribe(log_event)
 
     stopping = threading.Event()
@@ -58,8 +62,8 @@ def run_headless(config: Config, log_format: str = "text") -> int:
         log.info("Received %s: stopping", signal.Signals(signum).name)
         stopping.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     service.start()
     if api is not None:
         api.start()

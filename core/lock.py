@@ -113,7 +113,7 @@ class FileLock(SyncLock):
     def acquire(self) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # beside employee records: theirs to read only
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,4 +162,5 @@ def make_lock(engine: Engine, table: str) -> SyncLock:
     database = make_url(engine.url).database
     if database in (None, "", ":memory:"):
         return ProcessLock(f"memory:{table}")
-    return FileLock(Path(f"{database}.{table}.lock"))
+    # The file's real path: the same database reached through a symlink or a relative path is one lock.
+    return FileLock(Path(f"{os.path.realpath(database)}.{table}.lock"))

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import FieldSpec
+if TYPE_CHECKING:  # the mapping is pure: it needs no configuration module at run time
+    from .config import FieldSpec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _ZERO = timedelta(0)
@@ -28,8 +29,8 @@ _ZERO = timedelta(0)
 MIN_YEAR = 1000
 # ASCII only: Unicode \d takes "٣" (which no one means as a number) and Unicode \s
 # takes "\x1f" (which int() then refuses with a ValueError).
-_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
-_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
+_INTEGER_TEXT = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)  # used with fullmatch, as every check
+_DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 # More significant digits than any 64-bit integer has.
 _INT64_DIGITS = 19
 
@@ -121,7 +122,7 @@ def to_integer(value: Any) -> int:
         if not math.isfinite(value) or not value.is_integer():
             raise Invalid(f"expected an integer, got a fraction {_number_text(value)}")
         number = int(value)
-    elif isinstance(value, str) and _INTEGER_TEXT.match(value):
+    elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
         # Check the length first: int() refuses strings of over 4,300 digits with a ValueError.
         if len(value.strip().lstrip("+-").lstrip("0")) > _INT64_DIGITS:
             raise Invalid(f"out of the 64-bit integer range: {describe(value)}")
@@ -174,7 +175,7 @@ def to_datetime(value: Any) -> datetime:
 def to_date(value: Any) -> date:
     if isinstance(value, datetime):
         day = (value.astimezone(UTC) if value.tzinfo else value).date()
-    elif isinstance(value, str) and _DATE_TEXT.match(value.strip()):
+    elif isinstance(value, str) and _DATE_TEXT.fullmatch(value.strip()):
         try:
             day = date.fromisoformat(value.strip())
         except ValueError:

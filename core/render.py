@@ -1,4 +1,9 @@
-"""Plain-text renderings for the one-shot commands (the JSON forms need none)."""
+"""Plain-text renderings for the one-shot commands (the JSON forms need none).
+
+Every string a renderer shows may come from a document (ids, values, reasons
+quoting them): each goes through ``safe_values`` first, so a control character
+is printed escaped and a newline in a value never starts a line of its own.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
+from .safe import safe_values
 from .state import iso
 
 
@@ -18,7 +24,7 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
 def sync_summary(result) -> str:
     c = result.counts
     if result.status == "skipped":
-        return f"skipped: {result.reason}"
+        return f"skipped: {safe_values(result.reason)}"
     head = "dry run" if result.dry_run else ("force sync" if result.forced else "sync")
     line = (
         f"{head} {result.status}: {c.fetched} fetched, {c.inserted} inserted, {c.updated} updated, "
@@ -27,7 +33,7 @@ def sync_summary(result) -> str:
     )
     if result.dry_run and result.would_change:
         lines = [line, "would change:"]
-        for item in result.would_change[:200]:
+        for item in safe_values(result.would_change[:200]):
             detail = ", ".join(item.get("fields", {})) or item.get("reason", "")
             lines.append(f"  {item['operation']:<8} {item['document_id']}  {detail}")
         if len(result.would_change) > 200:
@@ -43,6 +49,7 @@ def _pairs(pairs: Iterable[tuple[str, Any]]) -> str:
 
 
 def status_text(s: dict[str, Any]) -> str:
+    s = safe_values(s)
     state = "disabled" if not s["enabled"] else "paused" if s["paused"] else (s.get("state") or "enabled")
     src = s["source"]
     last = s.get("last_run") or {}
@@ -87,6 +94,7 @@ def guard_text(guard: dict[str, Any] | None) -> str | None:
 
 
 def stats_text(s: dict[str, Any]) -> str:
+    s = safe_values(s)
     saved = (
         f" ({s['reads_saved_pct']}% saved against full reads: {s['naive_reads']})"
         if s["reads_saved_pct"] is not None
@@ -118,7 +126,7 @@ def changes_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no changes recorded yet"
     lines = []
-    for r in rows:
+    for r in safe_values(rows):
         what = f"{r['field']}: {r['old_value']!s} -> {r['new_value']!s}" if r["field"] else ""
         name = f" ({r['name']})" if r.get("name") else ""
         lines.append(f"{iso(r['changed_at'])}  {r['operation']:<8} {r['document_id']}{name}  {what}".rstrip())
@@ -128,4 +136,4 @@ def changes_text(rows: list[dict[str, Any]]) -> str:
 def rejects_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no rejected documents"
-    return "\n".join(f"{iso(r['rejected_at'])}  {r['document_id']}  {r['reason']}" for r in rows)
+    return "\n".join(f"{iso(r['rejected_at'])}  {r['document_id']}  {r['reason']}" for r in safe_values(rows))

@@ -183,6 +183,20 @@ class State:
             )
             return result.rowcount or 0
 
+    def close_runs_of_this_process(self) -> int:
+        """This process's runs still 'running' (it is stopping at once): marked interrupted now."""
+        with self.db.begin() as conn:
+            result = conn.execute(
+                update(self.t.runs)
+                .where(
+                    self.t.runs.c.status == "running",
+                    self.t.runs.c.pid == os.getpid(),
+                    self.t.runs.c.host == socket.gethostname()[:255],
+                )
+                .values(status="interrupted", finished_at=utcnow(), message="interrupted before the batch ended")
+            )
+            return result.rowcount or 0
+
     def prune_changes(self, days: int) -> None:
         if days > 0:
             with self.db.begin() as conn:

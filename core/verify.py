@@ -22,6 +22,7 @@ from .diff import same
 from .engine import SyncEngine
 from .errors import ConfigError, EmpsyncError
 from .mapping import RejectError, map_document
+from .safe import safe_values
 from .state import iso, utcnow
 
 SHOWN = 100  # ids listed per kind of difference; the counts are always complete
@@ -99,7 +100,7 @@ def verify(engine: SyncEngine) -> VerifyReport:
 
 
 def run_verify(config: Config, *, as_json: bool, yes: bool) -> int:
-    from .cli import emit_json
+    from .cli import emit_json, emit_text
 
     engine = SyncEngine(config)
     try:
@@ -123,11 +124,12 @@ def run_verify(config: Config, *, as_json: bool, yes: bool) -> int:
     if as_json:
         emit_json(summary)
     else:
-        print(verify_text(summary, cost))
+        emit_text(verify_text(summary, cost))
     return 0 if report.differences == 0 else 1
 
 
 def verify_text(s: dict[str, Any], cost: int) -> str:
+    s = safe_values(s)
     head = (
         f"verify: {s['status']} — {s['documents']} documents, {s['rows']} rows, "
         f"{s['differences']} differences, {s['rejected']} rejected; {s['firestore_reads']} Firestore reads "

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from core.config import Config
@@ -30,6 +33,9 @@ from core.service import SyncService
 from .conftest import REPO
 
 T = TypeVar("T")
+
+# A text log line as --no-ui writes it; a traceback's lines follow indented.
+TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:
@@ -142,6 +148,30 @@ def runs_table(config: Config) -> list[dict[str, Any]]:
         engine.close()
 
 
+@contextmanager
+def failing_writes(engine: SyncEngine, times: int) -> Iterator[list[str]]:
+    """The next ``times`` writes to the mirror table fail as a dropped connection fails them (the driver's own error).
+
+    A hook on the real engine, not a stand-in for the database: the statement
+    is refused before it is sent, the way a connection lost mid-batch refuses it.
+    """
+    failed: list[str] = []
+    table = re.escape(engine.config.target.table)
+    pattern = re.compile(rf"^\s*(INSERT|UPDATE|DELETE)\b.*?\b[`\"]?{table}[`\"]?\s", re.I | re.S)
+    dbapi = engine.db.engine.dialect.loaded_dbapi
+
+    def hook(conn, cursor, statement, parameters, context, executemany) -> None:
+        if len(failed) < times and pattern.match(statement[:200]):
+            failed.append(statement[:60])
+            raise dbapi.OperationalError(2013, "Lost connection to server during query (simulated)")
+
+    sa_event.listen(engine.db.engine, "before_cursor_execute", hook)
+    try:
+        yield failed
+    finally:
+        sa_event.remove(engine.db.engine, "before_cursor_execute", hook)
+
+
 # -- HTTP ---------------------------------------------------------------------------
 
 
@@ -157,7 +187,7 @@ def http(
     """One request; returns (status, headers, JSON body or text)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
+    if data is not None or method == "POST":  # the API refuses a POST that is not JSON (415)
         request.add_header("Content-Type", "application/json")
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
@@ -172,6 +202,28 @@ def http(
     if got.get("Content-Type", "").startswith("application/json"):
         return status, got, json.loads(text)
     return status, got, text
+
+
+def exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Raw bytes to the API on a fresh connection, half-closed after them; all it answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        try:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before reading it all (413, 400)
+            pass
+        return read_all(conn)
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Until the server closes (or resets) the connection."""
+    chunks = []
+    try:
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
 
 
 # -- `empsync --no-ui` as a real process ----------------------------------------------

@@ -106,6 +106,8 @@ def test_nested_path_column_defaults_to_underscores():
         ({"source": {"project": ""}}, "source.project", "must not be empty"),
         ({"source": {"collection": "a/b"}}, "source.collection", "not a collection path"),
         ({"source": {"emulator_host": "localhost"}}, "source.emulator_host", "host:port"),
+        ({"source": {"emulator_host": "localhost:8080\n"}}, "source.emulator_host", "host:port"),
+        ({"source": {"emulator_host": "localhost:٨٠٨٠"}}, "source.emulator_host", "host:port"),
         ({"source": {"credentials": "/nonexistent/sa.json"}}, "source.credentials", "file not found"),
         ({"api": {"port": 70000}}, "api.port", "0 to 65,535"),
         ({"sync": {"cache_timeout": -1}}, "sync.cache_timeout", "from 0"),
@@ -131,6 +133,8 @@ def test_bad_values_name_their_key(raw, key, words):
         ("target", "table", "employees; DROP TABLE x"),
         ("target", "id_column", "firestore id"),
         ("target", "id_column", ""),
+        ("target", "table", "employees\n"),  # `$` would match before the newline (issue 10, point 7)
+        ("target", "id_column", "firestore_id\n"),
     ],
 )
 def test_table_and_id_column_must_be_identifiers(section, key, value):
@@ -147,7 +151,7 @@ def test_the_empsync_prefix_is_reserved():
     assert error_of(target={"table": "EMPSYNC_runs"}).key == "target.table"
 
 
-@pytest.mark.parametrize("column", ["bad-name", "2fast", "x" * 65, "naïve", "a b"])
+@pytest.mark.parametrize("column", ["bad-name", "2fast", "x" * 65, "naïve", "a b", "name\n"])
 def test_a_bad_column_name_names_the_column_key(column):
     with pytest.raises(ConfigError) as info:
         cfg.from_dict({"fields": {"name": {"column": column}}})
@@ -167,6 +171,30 @@ def test_an_empty_path_segment_is_refused():
     with pytest.raises(ConfigError) as info:
         cfg.from_dict({"fields": {"address..city": {"column": "city"}}})
     assert info.value.key == 'fields."address..city"'
+
+
+BAD_FIELD_PATHS = [
+    ("a..b", "empty segment"),
+    (".a", "empty segment"),
+    ("a.", "empty segment"),
+    ("__name__", "reserves"),
+    ("meta.__x__", "reserves"),
+    ("é" * 751, "1,500 bytes"),  # 1,502 bytes in UTF-8
+]
+
+
+@pytest.mark.parametrize(("path", "words"), BAD_FIELD_PATHS)
+def test_field_paths_firestore_refuses_are_config_errors(path, words):
+    with pytest.raises(ConfigError) as info:
+        cfg.from_dict({"fields": {path: {"column": "c"}}})
+    assert info.value.key == cfg.field_key(path) and words in info.value.message
+    exc = error_of(source={"updated_field": path})
+    assert exc.key == "source.updated_field" and words in exc.message and exc.exit_code == 2
+
+
+def test_field_paths_at_firestores_limits_are_accepted():
+    for path in ("a.b_c.d", "__x", "x__", "_", "é" * 750):
+        assert build(source={"updated_field": path}).source.updated_field == path
 
 
 def test_two_fields_on_one_column_name_the_second_field():
@@ -299,6 +327,36 @@ def test_supported_target_urls(url):
     assert build(target={"url": url}).target.url == url
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("mysql+pymysql://u:pw@h/db?connect_timeout=abc", "connect_timeout: bad value"),
+        ("mysql+pymysql://u:pw@h/db?compress=maybe", "compress: bad value"),
+        ("mysql+pymysql://u:pw@h/db?foo=bar", "foo is not an option of the pymysql driver"),
+        ("sqlite:///m.db?timeout=soon", "timeout: bad value"),
+        ("sqlite:///m.db?foo=bar", "'foo' are not accepted"),
+    ],
+)
+def test_url_options_the_driver_would_refuse_are_config_errors(url, words):
+    # Before, each ended at the first connect as "unexpected error … please report it".
+    exc = error_of(target={"url": url})
+    assert exc.key == "target.url" and words in exc.message and exc.exit_code == 2
+    assert "pw" not in exc.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://u:pw@h/db?charset=utf8mb4&connect_timeout=3",
+        "mysql+pymysql://u:pw@h/db?ssl_ca=/etc/ssl/ca.pem",
+        "sqlite:///m.db?timeout=5",
+        "sqlite:///file:m.db?mode=ro&uri=true",
+    ],
+)
+def test_url_options_the_driver_takes_are_accepted(url):
+    assert build(target={"url": url}).target.url == url
+
+
 def test_mask_url_hides_the_password():
     assert cfg.mask_url("mysql+pymysql://u:s3cr%40t@h:3306/db") == "mysql+pymysql://u:***@h:3306/db"
     assert "s3cret" not in cfg.mask_url("weird://u:s3cret@h/db")
@@ -347,6 +405,11 @@ def test_an_empty_environment_variable_is_ignored():
         ("FIRESTORE_REALTIME_ENABLED", "maybe", "true or false"),
         ("EMPLOYEE_SYNC_INTERVAL", "5m", "whole number"),
         ("FIRESTORE_CACHE_TIMEOUT", "1.5", "whole number"),
+        # int() takes these; the mapping and the config do not: ASCII digits only.
+        ("EMPLOYEE_SYNC_INTERVAL", "٣٠", "whole number"),
+        ("EMPLOYEE_SYNC_INTERVAL", "3_0", "whole number"),
+        ("EMPLOYEE_SYNC_INTERVAL", "１２０", "whole number"),
+        ("FIRESTORE_CACHE_TIMEOUT", "9" * 5000, "whole number"),
     ],
 )
 def test_bad_environment_values_name_the_variable(var, text, words):
@@ -453,6 +516,15 @@ def test_config_path_comes_from_the_option_then_empsync_config_then_cwd(tmp_path
     assert cfg.config_path(None, {}) == Path("sync.toml")
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[source]\nproject = "recursos-humanos-señor"\n[fields.name]\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        cfg.load(str(latin1), env={})
+    assert info.value.key == str(latin1) and "not UTF-8" in info.value.message and "offset" in info.value.message
+    _assert_one_clear_error(run_cli("--config", str(latin1), "status"), "not UTF-8")
+
+
 def test_a_missing_or_broken_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         cfg.load(str(tmp_path / "nope.toml"), env={})
@@ -516,6 +588,15 @@ def test_cli_bad_environment_value_names_the_variable(tmp_path):
         run_cli("--config", str(good), "status", env={"FIRESTORE_REALTIME_ENABLED": "perhaps"}),
         "FIRESTORE_REALTIME_ENABLED",
     )
+
+
+@pytest.mark.parametrize("limit", ["99999999999999999999", "0", "100001", "٣", "1_0"])
+def test_cli_changes_limit_is_bounded(tmp_path, limit):
+    good = tmp_path / "good.toml"
+    good.write_text(f'[target]\nurl = "sqlite:///{tmp_path / "m.db"}"\n[fields.name]\n')
+    proc = run_cli("--config", str(good), "changes", "--limit", limit)
+    assert proc.returncode == 2 and "--limit" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "unexpected error" not in proc.stderr
 
 
 def test_cli_missing_config_file(tmp_path):

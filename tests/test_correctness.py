@@ -10,7 +10,6 @@ and an operator would see them.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from google.cloud import firestore
-from sqlalchemy import delete, event, insert, update
+from sqlalchemy import delete, insert, update
 
 from core import config as cfg
 from core import state as keys
@@ -30,7 +29,7 @@ from core.store import Rejected
 from core.verify import verify
 
 from .conftest import employee, run_cli, write_docs, write_toml
-from .service_support import mirror_rows, stored_state, wait_for
+from .service_support import failing_writes, mirror_rows, stored_state, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -335,25 +334,6 @@ def test_a_dry_run_says_the_guard_would_hold_the_deletions_back(make_config, tar
 
 
 # -- a failed batch in a listen session --------------------------------------------------------------------
-
-
-@contextmanager
-def failing_writes(engine: SyncEngine, times: int) -> Iterator[list[str]]:
-    """The next ``times`` writes to the mirror table fail as a dropped connection fails them (the driver's own error)."""
-    failed: list[str] = []
-    pattern = re.compile(rf"^\s*(INSERT|UPDATE|DELETE)\b.*?\b[`\"]?{engine.config.target.table}[`\"]?\s", re.I | re.S)
-    dbapi = engine.db.engine.dialect.loaded_dbapi
-
-    def hook(conn, cursor, statement, parameters, context, executemany) -> None:
-        if len(failed) < times and pattern.match(statement[:200]):
-            failed.append(statement[:60])
-            raise dbapi.OperationalError(2013, "Lost connection to server during query (simulated)")
-
-    event.listen(engine.db.engine, "before_cursor_execute", hook)
-    try:
-        yield failed
-    finally:
-        event.remove(engine.db.engine, "before_cursor_execute", hook)
 
 
 def listen_config(make_config, url: str, **sync: Any) -> cfg.Config:

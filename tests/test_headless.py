@@ -26,13 +26,12 @@ from core.emulator import free_port
 from core.lock import make_lock
 
 from .conftest import REPO, employee, run_cli, write_docs, write_toml
-from .service_support import Headless, http, mirror_rows, runs_table, stored_state, wait_for
+from .service_support import TEXT_LINE, Headless, http, mirror_rows, runs_table, stored_state, wait_for
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "headless-token-7c1e"
 PREFIX = "/api/realtime-sync"
-TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
 SEED_MESSAGES = (
     "Starting employee sync",
     "Retrieved minimal data for",
@@ -60,7 +59,7 @@ def lock_is_free(config: cfg.Config) -> bool:
 
 
 def api_status(port: int) -> dict:
-    code, _, body = http("GET", f"http://127.0.0.1:{port}{PREFIX}/status")
+    code, _, body = http("GET", f"http://127.0.0.1:{port}{PREFIX}/status", token=TOKEN)
     assert code == 200, body
     return body
 
@@ -73,7 +72,11 @@ def processes():
         process.close()
 
 
-def test_sigterm_exits_0_within_10_s_and_frees_the_lock(make_config, mysql_url, firestore_client, tmp_path, processes):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_exits_0_within_10_s_and_frees_the_lock(
+    stop, make_config, mysql_url, firestore_client, tmp_path, processes
+):
+    # SIGHUP: a closed SSH session or terminal, or a supervisor's reload, gets the same clean stop.
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(3)})
     config = make_config(mysql_url, sync={"interval": 300, "force_interval": 3600})
     process = Headless(write_toml(tmp_path / "sync.toml", config))
@@ -82,10 +85,10 @@ def test_sigterm_exits_0_within_10_s_and_frees_the_lock(make_config, mysql_url, 
     assert not lock_is_free(config), "the running service holds the lock"
     assert stored_state(config)["leader"] == f"{socket.gethostname()}:{process.pid}"
 
-    process.signal(signal.SIGTERM)
+    process.signal(stop)
     assert process.wait(10) == 0, process.text()
     log = process.text()
-    assert "Received SIGTERM" in log and "Released the sync lock" in log
+    assert f"Received {stop.name}" in log and "Released the sync lock" in log
     assert lock_is_free(config), "the lock is still held after the service exited"
     assert "leader" not in stored_state(config), "a clean stop forgets the leader"
     assert all(r["status"] == "ok" for r in runs_table(config))
@@ -116,6 +119,37 @@ def test_sigint_mid_run_abandons_the_batch_cleanly(make_config, sqlite_url, fire
     finished = run_cli("sync", "--force", "--json", "--config", str(tmp_path / "sync.toml"))
     assert finished.returncode == 0, finished.stderr
     assert len(mirror_rows(config)) == 1500
+
+
+def test_a_one_shot_sync_hit_by_sigint_says_so_marks_its_run_and_exits_130(
+    make_config, sqlite_url, firestore_client, tmp_path
+):
+    write_docs(firestore_client, {f"e{i:04d}": employee(i) for i in range(1500)})
+    config = make_config(sqlite_url)
+    config = dataclasses.replace(config, target=dataclasses.replace(config.target, batch_size=20))
+    path = write_toml(tmp_path / "sync.toml", config)
+    env = {k: v for k, v in os.environ.items() if k not in ("FIRESTORE_EMULATOR_HOST", "EMPSYNC_CONFIG")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "--config", str(path), "sync", "--force"],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: process.poll() is None and (runs := runs_table(config)) and runs[-1]["status"] == "running",
+            60,
+            "the one-shot run to start",
+        )
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, (out, err)
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("empsync: interrupted by SIGINT") and len(lines) <= 2 and "Traceback" not in err, err
+    run = runs_table(config)[-1]
+    assert run["status"] == "interrupted" and run["finished_at"] is not None, run
+    assert lock_is_free(config)
+    assert len(mirror_rows(config)) % 20 == 0, "a partial batch was committed"
 
 
 def test_json_logs_disabled_by_environment_manual_runs_and_seed_messages(

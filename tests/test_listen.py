@@ -526,13 +526,15 @@ def test_quick_updates_end_newest_and_a_recreated_document_ends_present(make_con
 def test_status_shows_the_live_mode_state_and_lag(make_config, mysql_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(3)})
     port = free_port()
-    config = listen_config(make_config, mysql_url, api={"enabled": True, "port": port, "token": "t0ken"})
+    config = listen_config(make_config, mysql_url, api={"enabled": True, "port": port, "token": "listen-token-82c4"})
     with live(config) as (service, _events):
         api = ControlApi(service, config.api).start()
         try:
             update(firestore_client, "e1", salary=3)
             wait_row(config, "e1", lambda r: r["salary"] == 3, "a change")
-            code, _headers, status = http("GET", f"http://127.0.0.1:{port}/api/realtime-sync/status")
+            code, _headers, status = http(
+                "GET", f"http://127.0.0.1:{port}/api/realtime-sync/status", token="listen-token-82c4"
+            )
         finally:
             api.stop()
     assert code == 200

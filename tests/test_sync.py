@@ -802,7 +802,7 @@ def test_interval_persists_and_out_of_range_exits_2(make_config, target_url, tmp
     setting = engine.state.interval()
     assert (setting.seconds, setting.source) == (45, "database")
 
-    for bad in ("9", "86401", "0", "-30", "abc", "1.5"):
+    for bad in ("9", "86401", "0", "-30", "abc", "1.5", "٣٠", "3_0", "9" * 5000):
         proc = run_cli("--config", path, "interval", bad)
         assert proc.returncode == 2, (bad, proc.stderr)
         assert "interval" in proc.stderr and "Traceback" not in proc.stderr

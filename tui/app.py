@@ -29,6 +29,7 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Header
 
 from core.errors import EmpsyncError
+from core.safe import terminal_safe
 from core.state import utcnow
 
 from . import messages as msg
@@ -335,7 +336,7 @@ class EmpsyncApp(App[int]):
                 self.refresh_bindings()
             self.status_pane.show(snap, self.clock(), override="stopping" if self.quitting else None)
             self.stats_pane.show(stats, snap)
-            self.sub_title = _where(snap, self.config)
+            self.sub_title = terminal_safe(_where(snap, self.config))
         except Exception as exc:  # noqa: BLE001 - see _flush
             log.exception("console: could not update the status: %s", exc)
 
@@ -399,6 +400,7 @@ class EmpsyncApp(App[int]):
         return True
 
     def toast(self, message: str, *, severity: str = "information", title: str = "", timeout: float = 6) -> None:
+        message = terminal_safe(message, multiline=True)  # a reason may quote a document id
         self.toasts.append(message)
         self.notify(message, title=title, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
 
@@ -572,13 +574,7 @@ def run_console(config: Any) -> int:
         if config.api.enabled:
             from core.api import ControlApi
 
-            try:
-                api = ControlApi(service, config.api).start()
-            except OSError as exc:
-                raise EmpsyncError(
-                    f"the control API cannot listen on {config.api.host}:{config.api.port} ({exc.strerror or exc})",
-                    "set [api] port to a free port, or [api] enabled = false",
-                ) from None
+            api = ControlApi(service, config.api).start()  # a port in use is a ConfigError naming api.port
         app = EmpsyncApp(service, config, log_handler=handler, api=api)
         app.run()
         return app.return_code or 0

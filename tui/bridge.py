@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from textual.message_pump import MessagePump
 
 from core.events import Event
-from core.logs import ScrubFilter
+from core.logs import add_filters, traceback_text
+from core.safe import terminal_safe
 
 from .messages import LogLine, ServiceMessage, from_event
 
@@ -81,7 +82,7 @@ class ConsoleLogHandler(logging.Handler):
 
     def __init__(self, level: int = logging.INFO) -> None:
         super().__init__(level)
-        self.addFilter(ScrubFilter())
+        add_filters(self, detail=False)
         self.setFormatter(logging.Formatter())
         self._bridge: Bridge | None = None
         self._early: deque[LogLine] = deque(maxlen=EARLY_LINES)
@@ -97,9 +98,11 @@ class ConsoleLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
-            if record.exc_info:
-                text += "\n" + self.formatter.formatException(record.exc_info)  # type: ignore[union-attr]
+            # The message on one line (a document id must not forge a line); a traceback keeps its own.
+            text = terminal_safe(record.getMessage())
+            detail = traceback_text(self.formatter, record)  # type: ignore[arg-type]
+            if detail:
+                text += "\n" + terminal_safe(detail, multiline=True)
             line = LogLine(
                 datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
                 record.levelname,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from core.safe import terminal_safe
+
 
 def parse_time(value: Any) -> datetime | None:
     """An ISO-8601 string or a datetime as naive UTC; anything else is None."""
@@ -116,10 +118,11 @@ def compact(value: Any) -> str:
 
 
 def clip(text: Any, width: int) -> str:
-    """One line of at most ``width`` characters, ending in … when cut."""
+    """One terminal-safe line of at most ``width`` characters, ending in … when cut."""
     if text is None:
         return ""
-    line = " ".join(str(text).split())  # newlines and tabs would break a table row
+    # Newlines and tabs would break a table row; control characters are shown, never sent raw.
+    line = terminal_safe(" ".join(str(text).split()))
     if len(line) <= width:
         return line
     return line[: max(0, width - 1)] + "…"

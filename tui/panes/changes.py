@@ -241,7 +241,7 @@ class ChangesPane(Vertical):
     def _titles(self) -> None:
         count = len(self._shown)
         if self.needle:
-            self.border_title = f"Recent changes · filter “{self.needle}”"
+            self.border_title = f"Recent changes · filter “{fmt.clip(self.needle, 40)}”"
             self.border_subtitle = f"{count} match{'es' if count != 1 else ''} · / changes, Esc clears"
         else:
             self.border_title = "Recent changes"

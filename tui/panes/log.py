@@ -18,6 +18,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from core.safe import terminal_safe
+
 from .. import format as fmt
 
 MAX_LINES = 2000
@@ -43,7 +45,7 @@ def log_text(at: datetime | None, level: str, message: str) -> list[Text]:
         text.append(" ")
         text.append(label if n == 0 else " " * 5, style=style)
         text.append(" ")
-        text.append(line.expandtabs(4), style=body_style)
+        text.append(terminal_safe(line.expandtabs(4)), style=body_style)
         out.append(text)
     return out
 

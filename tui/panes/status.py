@@ -9,6 +9,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from core.safe import safe_values
+
 from .. import format as fmt
 
 # State → (symbol, style). The word is always shown too: colour is never the only cue (NO_COLOR).
@@ -52,6 +54,7 @@ class StatusPane(Static):
 
 
 def rows(snap: dict[str, Any], state: str, now: datetime) -> list[tuple[str, Text]]:
+    snap = safe_values(snap)  # any string may come from outside (a last error quoting a document id)
     out: list[tuple[str, Text]] = [("State", state_text(snap, state))]
     error = _error_text(snap, state)
     if error is not None:

@@ -11,6 +11,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from core.safe import terminal_safe
+
 from .. import format as fmt
 
 
@@ -47,7 +49,7 @@ class RejectsScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.clear()
         if error:
-            self._summary(Text(f"Could not read the rejects: {error}", style="red"))
+            self._summary(Text(f"Could not read the rejects: {terminal_safe(error)}", style="red"))
             return
         for n, row in enumerate(rows):
             at = fmt.parse_time(row.get("rejected_at"))
@@ -77,9 +79,9 @@ class RejectsScreen(Screen[None]):
             return
         detail = Text()
         detail.append("Document ", style="dim")
-        detail.append(str(row.get("document_id")))
+        detail.append(terminal_safe(str(row.get("document_id"))))
         detail.append("\nReason   ", style="dim")
-        detail.append(str(row.get("reason")))
+        detail.append(terminal_safe(str(row.get("reason"))))
         self.query_one("#reject-detail", Static).update(detail)
 
     def _summary(self, text: Text) -> None:
