@@ -9,7 +9,8 @@ shell or host shows what the leader does, not only what it does itself:
   ``HEARTBEAT_S``, so it is the leader's heartbeat too: one older than
   ``LIVE_S`` is a leader that is gone or wedged, whatever the leader key says.
 - the leader's recent log lines in ``empsync_log``, secrets scrubbed, control
-  characters escaped, trimmed to the newest ``LOG_KEEP``.
+  characters escaped (readers escape again: anyone may write the table),
+  trimmed to the newest ``LOG_KEEP``.
 
 A ``Publisher`` thread writes both. Its logging handler only appends to a
 bounded buffer, so logging never waits on the database and the sync worker is
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -34,7 +34,8 @@ from sqlalchemy import delete, func, select
 from . import state as keys
 from .db import Database, insert_rows
 from .errors import EmpsyncError
-from .logs import ScrubFilter, scrub
+from .logs import add_filters, traceback_text
+from .safe import terminal_safe
 from .state import State, parse_iso, utcnow
 
 log = logging.getLogger("empsync.presence")
@@ -81,28 +82,13 @@ def live_leader(values: Mapping[str, str | None]) -> LiveLeader | None:
     return LiveLeader(leader, at, snapshot)
 
 
-# C0 controls but newline and tab (a traceback keeps its lines), DEL, C1, and the bidi
-# overrides that reorder what follows: shown as escapes, never sent raw to a terminal.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def safe_line(text: str) -> str:
-    """``text`` with the characters a terminal would act on shown as escapes."""
-    return _UNSAFE.sub(_escape, text)
-
-
 class LogBuffer(logging.Handler):
     """Records become rows-to-be, held in memory until the publisher writes them."""
 
     def __init__(self, service: str, level: int = logging.INFO, capacity: int = LOG_BUFFER) -> None:
         super().__init__(level)
         self.service = service
-        self.addFilter(ScrubFilter())
+        add_filters(self, detail=False)  # as the console's and stderr's handlers: scrubbed, libraries in a line
         self.setFormatter(logging.Formatter())
         self._lines: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
@@ -110,15 +96,17 @@ class LogBuffer(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
-            if record.exc_info:
-                text += "\n" + scrub(self.formatter.formatException(record.exc_info))  # type: ignore[union-attr]
+            # As the console shows its own: the message on one line, a traceback on its own lines.
+            text = terminal_safe(record.getMessage())
+            detail = traceback_text(self.formatter, record)  # type: ignore[arg-type]
+            if detail:
+                text += "\n" + terminal_safe(detail, multiline=True)
             line = {
                 "at": datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
                 "service": self.service,
                 "level": record.levelname[:16],
                 "logger": record.name[:100],
-                "text": safe_line(text[:MAX_LINE]),
+                "text": text[:MAX_LINE],
             }
             with self._lock:
                 if len(self._lines) == self._lines.maxlen:

@@ -16,6 +16,7 @@ with its leader, which runs it and records the result (``empsync status``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,16 +65,20 @@ def ask_leader(
     *,
     wait: bool = True,
     progress: Callable[[str], None] = lambda line: None,
+    stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> Answer:
-    """Queue a ``kind`` run for the leader and follow it; raises ``NoLiveLeader`` or ``LeaderGone``."""
+    """Queue a ``kind`` run for the leader and follow it.
+
+    Raises ``NoLiveLeader`` or ``LeaderGone``, and ``StoppedWaiting`` once
+    ``stop`` is set (a signal) or on Ctrl-C.
+    """
     requests = Requests(engine.db)
     row = requests.queue(kind, "cli", whoami(), payload)
-    request: Request | None = None
+    stop = stop or threading.Event()
     try:
-        request = _follow(engine, requests, row, wait, progress, clock, sleep)
-    except KeyboardInterrupt:
+        request = _follow(engine, requests, row, wait, progress, stop, clock)
+    except (KeyboardInterrupt, StoppedWaiting):
         current = requests.get(row)
         if current is not None and current.status == req.QUEUED and requests.cancel(row):
             raise StoppedWaiting(f"withdrew request #{row}: no leader had taken it") from None
@@ -97,8 +102,8 @@ def _follow(
     row: int,
     wait: bool,
     progress: Callable[[str], None],
+    stop: threading.Event,
     clock: Callable[[], float],
-    sleep: Callable[[float], None],
 ) -> Request:
     """Poll the row until it ends (or, without ``wait``, until a live leader is seen)."""
     start = clock()
@@ -146,7 +151,8 @@ def _follow(
                         f"(request #{row})",
                         "the next leader marks the run interrupted; run the command again",
                     )
-        sleep(POLL_S)
+        if stop.wait(POLL_S):
+            raise StoppedWaiting("stopped waiting")
 
 
 def _doing(snapshot: dict[str, Any]) -> str:

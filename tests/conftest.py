@@ -8,6 +8,7 @@ the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -175,7 +176,12 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
     for section in ("source", "target", "sync", "api"):
         lines.append(f"[{section}]")
         for key, value in vars(getattr(config, section)).items():
-            lines.append(f"{key} = {_toml(value)}")
+            if (section, key) != ("source", "where"):  # an array of tables, below
+                lines.append(f"{key} = {_toml(value)}")
+    for condition in config.source.where:
+        value = list(condition.value) if isinstance(condition.value, tuple) else condition.value
+        lines += ["[[source.where]]", f"field = {_toml(condition.field)}", f"op = {_toml(condition.op)}"]
+        lines.append(f"value = {json.dumps(value)}")  # JSON's scalars and arrays are TOML's too
     for spec in config.fields:
         lines.append(f'[fields."{spec.path}"]')
         lines.append(f'type = "{spec.type}"')

@@ -150,7 +150,11 @@ def test_payload_and_result_round_trip(sqlite_url):
     board = Requests(db)
     row = board.queue("ids", "api", "ops-3:9", {"ids": ["a", "b/é"], "allow_mass_delete": False})
     (claimed,) = board.claim("ops-1:100")
-    assert claimed.id == row and claimed.kind == "ids" and claimed.payload == {"ids": ["a", "b/é"], "allow_mass_delete": False}
+    assert (
+        claimed.id == row
+        and claimed.kind == "ids"
+        and claimed.payload == {"ids": ["a", "b/é"], "allow_mass_delete": False}
+    )
     assert (claimed.trigger, claimed.requested_by) == ("api", "ops-3:9")
     board.started([row], "ops-1:100", run_id=41)
     assert board.get(row).status == req.RUNNING and board.get(row).run_id == 41

@@ -575,7 +575,8 @@ async def test_a_burst_of_changes_is_coalesced_and_bounded(make_config, sqlite_u
             app.bridge.on_event(BatchApplied(NOW, 1, {}, tuple(records[start : start + 100])))
 
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: leading(service), "the service to lead")
+        # Its start-up run over, so that nothing but the burst is in flight when it has arrived.
+        await until(pilot, lambda: leading(service) and last_run_done(service), "the start-up run to end")
         threading.Thread(target=burst).start()
         await until(pilot, lambda: table_rows(app) and table_rows(app)[0][2] == "b1499", "the burst in the table")
         assert app.changes_pane.table.row_count == MAX_CHANGES

@@ -22,6 +22,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
+from core.events import ChangeRecord
+
 from .. import format as fmt
 
 MAX_CHANGES = 500
@@ -67,6 +69,22 @@ class Change:
 
 def _value(value: str | None) -> str:
     return "NULL" if value is None else value
+
+
+def records_of(rows: Iterable[dict[str, Any]]) -> list[ChangeRecord]:
+    """Audit rows read from the database (another process's changes) as the service's change records."""
+    return [
+        ChangeRecord(
+            row.get("changed_at"),
+            str(row.get("document_id")),
+            str(row.get("operation")),
+            row.get("field"),
+            row.get("old_value"),
+            row.get("new_value"),
+            row.get("name"),
+        )
+        for row in rows
+    ]
 
 
 class Stamp:
