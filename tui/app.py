@@ -285,7 +285,6 @@ class EmpsyncApp(App[int]):
         if not routine:  # a run logs its own start and end; the Log says when something else happens
             self.console_log(level, f"Status: {message.state}" + (f" ({message.detail})" if message.detail else ""))
         self._last_state = message.state
-        self._note_leadership(message.state, message.snapshot)
         if message.state == "paused":
             self.paused = True
             self.refresh_bindings()
@@ -296,10 +295,11 @@ class EmpsyncApp(App[int]):
             self._history_loaded = True  # the schema exists once the service has got this far
             self._load_changes("")
 
-    def _note_leadership(self, state: str, snap: dict[str, Any]) -> None:
+    def _note_leadership(self, snap: dict[str, Any]) -> None:
         """A standby that takes over says so: the operator was watching another process until now."""
-        if state == "standby" and snap.get("leader") and snap.get("leader") != snap.get("service"):
-            self._standby_leader = snap["leader"]
+        leader = snap.get("shown") or snap.get("leader")
+        if not snap.get("is_leader") and leader and leader != snap.get("service"):
+            self._standby_leader = leader
         elif snap.get("is_leader") and self._standby_leader:
             gone, self._standby_leader = self._standby_leader, None
             self.console_log("WARNING", f"This console now leads: the leader {gone} stopped or went away")
@@ -403,6 +403,7 @@ class EmpsyncApp(App[int]):
             elif state in ("idle", "listening") and self.paused:
                 self.paused = False
                 self.refresh_bindings()
+            self._note_leadership(snap)
             self.status_pane.show(snap, self.clock(), override="stopping" if self.quitting else None)
             self.stats_pane.show(stats, snap)
             where = _where(snap, self.config)
