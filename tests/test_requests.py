@@ -9,8 +9,10 @@ model; two leaders racing to claim the same rows on MariaDB never both win one.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,9 +21,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+import core.presence as presence
+import core.remote as remote
 from core import config as cfg
 from core import requests as req
 from core.db import Database
+from core.engine import RunResult, SyncEngine
 from core.requests import Requests
 from core.state import utcnow
 
@@ -200,3 +205,142 @@ def test_two_leaders_racing_never_both_take_a_request(mysql_url):
     assert {r.claimed_by for r in rows.values()} <= set(LEADERS)
     assert all(rows[i].claimed_by == name for name, mine in taken.items() for i in mine)
     asker.dispose()
+
+
+# -- the asking side (core/remote.py), with a leader played by the test ---------------------
+
+
+class PlayedLeader:
+    """What a leader does to the database, step by step, on the test's word."""
+
+    name = "ops-1:100"
+
+    def __init__(self, engine) -> None:
+        self.state, self.board = engine.state, Requests(engine.db)
+
+    def beat(self) -> None:
+        live = {"service": self.name, "at": utcnow().isoformat() + "Z", "snapshot": {"state": "idle"}}
+        self.state.set(leader=self.name, leader_live=json.dumps(live))
+
+    def claim(self) -> list[req.Request]:
+        return self.board.claim(self.name)
+
+
+@pytest.fixture
+def asking(sqlite_url, monkeypatch):
+    """An engine on SQLite, with short patience: 0.3 s for a claim, 2 s of silence from the leader."""
+    monkeypatch.setattr(remote, "CLAIM_WAIT_S", 0.3)
+    monkeypatch.setattr(remote, "LIVE_S", 2.0)
+    monkeypatch.setattr(presence, "LIVE_S", 2.0)
+    monkeypatch.setattr(remote, "POLL_S", 0.02)
+    engine = SyncEngine(cfg.from_dict({"target": {"url": sqlite_url}, "fields": {"name": {}}}))
+    engine.db.ensure_schema()
+    yield engine
+    engine.close()
+
+
+def beside(leader: PlayedLeader, steps) -> threading.Thread:
+    """Run the leader's ``steps`` (callables taking the request) on a thread, beating between them."""
+
+    def play() -> None:
+        request = None
+        while request is None:
+            leader.beat()
+            taken = leader.claim()
+            request = taken[0] if taken else None
+            time.sleep(0.02)
+        for step in steps:
+            leader.beat()
+            step(request)
+
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_leaders_answer_is_the_result(asking):
+    leader = PlayedLeader(asking)
+    recorded = RunResult(status="failed", reason="boom", hint="try x", forced=True, kind="force", exit_code=1)
+    recorded.counts.fetched, recorded.run_id = 7, 12
+
+    def run(request):
+        leader.board.started([request.id], leader.name, 12)
+        leader.beat()
+        leader.board.finish([request.id], leader.name, recorded.to_json(), 1)
+
+    beside(leader, [run])
+    answer = remote.ask_leader(asking, "force", {"allow_mass_delete": True})
+    assert answer.leader == leader.name and answer.raw == recorded.to_json()
+    result = answer.result
+    assert (result.status, result.reason, result.hint, result.exit_code, result.trigger) == (
+        "failed",
+        "boom",
+        "try x",
+        1,
+        "cli",
+    )
+    assert result.counts.fetched == 7 and result.run_id == 12 and result.to_json() == recorded.to_json()
+    assert Requests(asking.db).get(answer.request_id).payload == {"allow_mass_delete": True}
+
+
+def test_no_wait_returns_once_a_live_leader_is_seen(asking):
+    PlayedLeader(asking).beat()
+    answer = remote.ask_leader(asking, "normal", wait=False)
+    assert answer.result is None and answer.leader == PlayedLeader.name
+    assert Requests(asking.db).get(answer.request_id).status == req.QUEUED  # the leader takes it
+
+
+def test_nobody_answers_and_the_request_is_withdrawn(asking):
+    with pytest.raises(remote.NoLiveLeader, match="takes no requests") as caught:
+        remote.ask_leader(asking, "force")
+    assert caught.value.exit_code == 3
+    assert Requests(asking.db).get(1).status == req.EXPIRED
+
+
+def test_a_leader_that_falls_silent_after_taking_it(asking):
+    leader = PlayedLeader(asking)
+    beside(leader, [])  # claims, then never beats again
+    with pytest.raises(remote.NoLiveLeader, match="stopped before it ran request #1"):
+        remote.ask_leader(asking, "force")
+    assert Requests(asking.db).get(1).status == req.EXPIRED, "a later leader must not run it"
+
+    beside(leader, [lambda r: leader.board.started([r.id], leader.name, 5)])  # and mid-run
+    with pytest.raises(remote.LeaderGone, match="during run #5") as caught:
+        remote.ask_leader(asking, "force")
+    assert caught.value.exit_code == 1
+    assert Requests(asking.db).get(2).status == req.RUNNING  # the next leader marks it failed
+
+
+def test_a_request_handed_back_is_waited_for_again(asking):
+    leader = PlayedLeader(asking)
+
+    def hand_back_then_run(request):
+        leader.board.release([request.id], leader.name)  # stepping down
+        leader.beat()
+        (again,) = leader.claim()  # ...and taken again, by the next term
+        leader.board.finish([again.id], leader.name, RunResult(status="ok").to_json(), 0)
+
+    beside(leader, [hand_back_then_run])
+    assert remote.ask_leader(asking, "normal").result.status == "ok"
+
+
+def test_a_signal_while_waiting(asking):
+    leader = PlayedLeader(asking)
+    stop = threading.Event()
+
+    def busy_then_signal() -> None:  # alive, but too busy to take it; then Ctrl-C
+        for _ in range(5):
+            leader.beat()
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=busy_then_signal, daemon=True).start()
+    with pytest.raises(remote.StoppedWaiting, match="withdrew request #1"):
+        remote.ask_leader(asking, "force", stop=stop)
+    assert Requests(asking.db).get(1).status == req.EXPIRED, "nobody had taken it: it never runs"
+
+    stop = threading.Event()
+    beside(leader, [lambda request: stop.set()])  # taken, then Ctrl-C
+    with pytest.raises(remote.StoppedWaiting, match="stays with the leader ops-1:100"):
+        remote.ask_leader(asking, "force", stop=stop)
+    assert Requests(asking.db).get(2).status == req.CLAIMED, "its leader runs it"
