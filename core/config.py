@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,6 @@ SYNCED_AT_COLUMN = "synced_at"
 DELETED_AT_COLUMN = "deleted_at"
 HASH_COLUMN = "content_hash"
 BOOKKEEPING_COLUMNS = (UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, DELETED_AT_COLUMN, HASH_COLUMN)
-
-SUPPORTED_DIALECTS = ("sqlite", "mysql", "mariadb")
 
 
 @dataclass(frozen=True)
@@ -304,6 +302,37 @@ def field_path_problem(path: str) -> str | None:
     return None
 
 
+def document_id_problem(doc_id: Any) -> str | None:
+    """Why ``doc_id`` cannot be a Firestore document id, or None."""
+    if not isinstance(doc_id, str) or not doc_id:
+        return "an id must be non-empty text"
+    if "/" in doc_id:
+        return f"{doc_id[:40]!r} holds a /, which no document id can"
+    if doc_id in (".", ".."):
+        return f"{doc_id!r} is not a document id"
+    if _RESERVED_SEGMENT.fullmatch(doc_id):
+        return f"{doc_id[:40]!r}: Firestore reserves ids of the form __name__"
+    try:
+        size = len(doc_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{doc_id[:40]!r} is not valid Unicode text"
+    if size > FIELD_PATH_MAX_BYTES:
+        return f"an id of {size:,} bytes is longer than Firestore's {FIELD_PATH_MAX_BYTES:,}"
+    return None
+
+
+def check_document_ids(key: str, ids: Iterable[Any]) -> list[str]:
+    """Distinct valid document ids, in order; ``ConfigError`` naming ``key`` for the first bad one."""
+    wanted: dict[str, None] = {}
+    for doc_id in ids:
+        if problem := document_id_problem(doc_id):
+            raise ConfigError(key, problem)
+        wanted[doc_id] = None
+    if not wanted:
+        raise ConfigError(key, "no document ids given")
+    return list(wanted)
+
+
 def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:
     if not isinstance(raw, dict):
         raise ConfigError("fields", "must be tables, like [fields.name]")
@@ -425,14 +454,14 @@ def check_target_url(url: str) -> None:
         raise ConfigError(
             "target.url", "the user name or password holds an unencoded @", "percent-encode it: @ becomes %40"
         )
-    if backend not in SUPPORTED_DIALECTS:
-        raise ConfigError("target.url", f"unsupported database {backend!r}", "use mysql+pymysql://… or sqlite:///…")
-    if backend in ("mysql", "mariadb") and parsed.get_driver_name() != "pymysql":
-        raise ConfigError(
-            "target.url", f"driver {parsed.get_driver_name()!r} is not installed", "use mysql+pymysql://…"
-        )
+    from .dialects import for_backend, supported
+
+    dialect = for_backend(backend)
+    if dialect is None:
+        raise ConfigError("target.url", f"unsupported database {backend!r}", f"use {supported()}")
+    dialect.check_url(parsed)
     if parsed.query:
-        check_url_options(parsed)
+        check_url_options(dialect.engine_url(parsed))
 
 
 def check_url_options(parsed) -> None:

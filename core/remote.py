@@ -50,12 +50,13 @@ class StoppedWaiting(EmpsyncError):
 @dataclass(frozen=True)
 class Answer:
     request_id: int
+    kind: str
     leader: str | None
     result: RunResult | None  # None: only queued (``--no-wait``)
     raw: dict[str, Any] | None = None  # the result as the leader recorded it, for ``--json``
 
-    def queued_json(self, kind: str) -> dict[str, Any]:
-        return {"request_id": self.request_id, "status": req.QUEUED, "kind": kind, "leader": self.leader}
+    def queued_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "status": req.QUEUED, "kind": self.kind, "leader": self.leader}
 
 
 def ask_leader(
@@ -89,11 +90,11 @@ def ask_leader(
         ) from None
     if not request.is_final:  # --no-wait, and a live leader will take it
         live = live_leader(engine.state.get_all())
-        return Answer(row, live.service if live else None, None)
+        return Answer(row, kind, live.service if live else None, None)
     if request.status == req.EXPIRED or request.result is None:
         raise NoLiveLeader(f"request #{row} was withdrawn before a leader ran it", "run the command again")
     result = RunResult.from_json(request.result, trigger=request.trigger, exit_code=request.exit_code or 0)
-    return Answer(row, request.claimed_by, result, request.result)
+    return Answer(row, kind, request.claimed_by, result, request.result)
 
 
 def _follow(

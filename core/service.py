@@ -50,6 +50,7 @@ log = logging.getLogger("empsync.service")
 TICK_S = 0.2  # the worker's idle wait: commands are seen within this
 SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen within this
 STATUS_REFRESH_S = 5.0
+ROLLUPS_REFRESH_S = 60.0
 LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
 LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
 BACKOFF_BASE_S = 5.0  # after a failed run
@@ -57,7 +58,9 @@ BACKOFF_CAP_S = 300.0
 LEAD_BACKOFF_BASE_S = 2.0  # after the database could not be reached for the lock
 LEAD_BACKOFF_CAP_S = 60.0
 REQUESTS_S = 1.0  # how often a leader looks for requests, and an asker at the ones it sent
-RUN_KINDS = ("normal", "force")  # the request kinds this version runs
+# Requests that run once each, in the order asked (normal and force requests coalesce instead).
+ONE_OFF_KINDS = ("ids", "rollback")
+RUN_KINDS = ("normal", "force", *ONE_OFF_KINDS)  # the request kinds this version runs
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,14 @@ class Ticket:
     trigger: str
     queued_at: datetime
     allow_mass_delete: bool = False
+    ids: tuple[str, ...] = ()  # a run of kind ids: exactly these documents
+    # A rollback: {"run": N, "hold": bool, "cascade": bool}.
+    rollback: dict[str, Any] | None = None
     # Sent to the leading process through the database: this one does not lead.
     forwarded: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "request_id": self.request_id,
             "kind": self.kind,
             "trigger": self.trigger,
@@ -81,6 +87,11 @@ class Ticket:
             "allow_mass_delete": self.allow_mass_delete,
             "forwarded": self.forwarded,
         }
+        if self.ids:
+            out["ids"] = len(self.ids)
+        if self.rollback:
+            out.update(self.rollback)
+        return out
 
 
 @dataclass
@@ -133,6 +144,7 @@ class SyncService:
         }
         self._leader_view: dict[str, Any] | None = None  # the leader's published view, while this one does not lead
         self._db_status: dict[str, Any] = {}
+        self._rollups_due = 0.0
         self._stats: dict[str, Any] = {}
         self._interval = config.sync.interval
         self._interval_source = config.interval_source
@@ -141,8 +153,11 @@ class SyncService:
         self._retry_at: float | None = None
         self._retry_force = False
         self._pending: dict[str, Ticket] = {}
-        # Requests from other processes this leader took, by kind: the next run of that kind serves them.
+        self._pending_jobs: list[Ticket] = []  # ids runs and rollbacks: each request in its turn
+        # Requests from other processes this leader took: the next run of their kind serves them
+        # (by kind for normal and force, which coalesce; by ticket for the one-off kinds).
         self._remote: dict[str, list[int]] = {}
+        self._remote_jobs: dict[int, int] = {}
         self._serving: list[int] = []  # those the current run serves
         self._asked: dict[int, _Asked] = {}  # requests this process sent to the leader, by row id
         self._next_requests = 0.0
@@ -178,6 +193,14 @@ class SyncService:
     def sync_now(self, trigger: str = "api") -> Ticket:
         return self._queue_run("normal", trigger)
 
+    def sync_ids(self, ids: tuple[str, ...], trigger: str = "api") -> Ticket:
+        """A run of exactly these (validated) documents; each request runs, in the order asked."""
+        return self._queue_run("ids", trigger, ids=ids)
+
+    def rollback(self, run: int, *, hold: bool = False, cascade: bool = False, trigger: str = "api") -> Ticket:
+        """Roll run ``run`` back on the worker, which holds the lock (see ``core.rollback``)."""
+        return self._queue_run("rollback", trigger, rollback={"run": run, "hold": hold, "cascade": cascade})
+
     def set_interval(self, seconds: int) -> int:
         """Validate now (a clear refusal outside 10..86,400), store on the worker."""
         check_interval(seconds)
@@ -192,6 +215,21 @@ class SyncService:
 
     def resume(self) -> None:
         self._commands.put(("paused", False))
+
+    def plan_rollback(self, run: int, cascade: bool = False) -> RunResult:
+        """What rolling back run ``run`` would change: a dry run, which only reads (any thread)."""
+        return self.engine.rollback(run, dry_run=True, cascade=cascade, trigger="api")
+
+    def run_changes(self, run: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """One run's field-level changes, oldest first (reads the database: any thread)."""
+        return self.engine.state.changes_of_run(run, limit)
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The run history, newest first, as JSON-ready rows (reads the database: any thread)."""
+        from .render import jsonable
+
+        with self.engine.db.connect() as conn:
+            return [jsonable(r) for r in self.engine.state.recent_runs(conn, limit=limit)]
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)
@@ -210,9 +248,16 @@ class SyncService:
         with self._snapshot_lock:
             return dict(self._stats)
 
-    def _queue_run(self, kind: str, trigger: str, allow_mass_delete: bool = False) -> Ticket:
+    def _queue_run(
+        self,
+        kind: str,
+        trigger: str,
+        allow_mass_delete: bool = False,
+        ids: tuple[str, ...] = (),
+        rollback: dict[str, Any] | None = None,
+    ) -> Ticket:
         forwarded = self.attach or not self.is_leader  # the leader runs it: this process asks it to
-        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, forwarded)
+        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, ids, rollback, forwarded)
         self._commands.put(("run", ticket))
         with self._snapshot_lock:
             self._live["pending"] = [*self._live["pending"], ticket.to_json()]
@@ -256,12 +301,16 @@ class SyncService:
                         self._check_lead()
                     if self.is_leader:
                         self._run_due_work()
-                    if self.is_leader and self.listening_mode:
+                    if self.is_leader and self.listening_mode and not self._paused:
                         # The listener's hand-off is the wait here, so a change is applied
                         # the moment it arrives; commands are still seen every tick.
                         self._mirror().tick(wait=TICK_S)
                         self._drain_commands()
                     else:
+                        if self._paused and self._live_mirror is not None and self._live_mirror.state != "stopped":
+                            # Paused means no sync of its own: a listener would undo a rollback, say.
+                            self._live_mirror.stop("ok", "paused")
+                            self._set_state(self._idle_state())
                         self._drain_commands(timeout=TICK_S)
                 except Exception:  # noqa: BLE001 - a bug in one step must never kill the worker
                     log.exception("unexpected error on the sync worker; carrying on")
@@ -322,12 +371,15 @@ class SyncService:
                 self._update_next_times()
                 log.info("Scheduled runs %s", "paused" if arg else "resumed")
                 self._set_state(self._idle_state())
-            if runs and self._pending and self.is_leader and self._commands.empty():
+            if runs and (self._pending or self._pending_jobs) and self.is_leader and self._commands.empty():
                 self._run_pending_requests()
             if self._stop.is_set():
                 return
 
     def _add_pending(self, ticket: Ticket) -> None:
+        if ticket.kind in ONE_OFF_KINDS:
+            self._pending_jobs.append(ticket)
+            return
         current = self._pending.get(ticket.kind)
         if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
             # The newer request says more: it replaces the one waiting.
@@ -358,9 +410,8 @@ class SyncService:
 
     def _forward(self, ticket: Ticket) -> None:
         """A face's run request, while another process leads: queue it for the leader."""
-        payload = {"allow_mass_delete": True} if ticket.allow_mass_delete else {}
         try:
-            row = self.requests.queue(ticket.kind, ticket.trigger, self.identity, payload)
+            row = self.requests.queue(ticket.kind, ticket.trigger, self.identity, _payload(ticket))
         except EmpsyncError as exc:
             log.error("Could not send the %s run request to the leader: %s", ticket.kind, exc.message)
             self._drop_pending_ticket(ticket)
@@ -430,6 +481,9 @@ class SyncService:
         elif row.status == req.EXPIRED:
             reason = f"no leader took it within {req.TTL_S:.0f} s"
             log.warning("%s expired: %s", what.capitalize(), reason)
+        report = None
+        if row.result is not None:
+            report = RunResult.from_json(row.result, trigger=row.trigger, exit_code=row.exit_code or 0).report()
         self.bus.emit(
             RequestUpdate(
                 utcnow(),
@@ -440,7 +494,7 @@ class SyncService:
                 row.status,
                 row.claimed_by,
                 row.run_id,
-                row.result,
+                report,
                 reason,
             )
         )
@@ -459,13 +513,16 @@ class SyncService:
             log.debug("could not look for requests: %s", exc.message)
             return
         for request in claimed:
-            if request.kind not in RUN_KINDS:
-                result = self._result_of_nothing(request, f"this leader does not run requests of kind {request.kind!r}")
-                self._finish_requests([request.id], result)
+            try:
+                ticket = self._ticket_of(request)
+            except (KeyError, TypeError, ValueError):
+                reason = f"this leader does not run requests of kind {request.kind!r} with {request.payload!r}"
+                self._finish_requests([request.id], self._result_of_nothing(request, reason[:500]))
                 continue
-            allow = request.payload.get("allow_mass_delete") is True
-            ticket = Ticket(next(self._ids), request.kind, request.trigger, request.requested_at, allow)
-            self._remote.setdefault(request.kind, []).append(request.id)
+            if ticket.kind in ONE_OFF_KINDS:
+                self._remote_jobs[ticket.request_id] = request.id
+            else:
+                self._remote.setdefault(request.kind, []).append(request.id)
             log.info(
                 "Took request #%d from %s (%s): a %s run",
                 request.id,
@@ -485,10 +542,29 @@ class SyncService:
         except EmpsyncError as exc:
             log.warning("could not record the result of request(s) %s: %s", ", ".join(map(str, ids)), exc.message)
 
+    def _ticket_of(self, request: Request) -> Ticket:
+        """The ticket a claimed request becomes; raises on a kind or arguments this version cannot run."""
+        if request.kind not in RUN_KINDS:
+            raise ValueError(request.kind)
+        payload, ids, rollback = request.payload, (), None
+        if request.kind == "ids":
+            ids = tuple(str(i) for i in payload["ids"])
+        elif request.kind == "rollback":
+            rollback = {
+                "run": int(payload["run"]),
+                "hold": payload["hold"] is True,
+                "cascade": payload["cascade"] is True,
+            }
+        allow = payload.get("allow_mass_delete") is True
+        return Ticket(next(self._ids), request.kind, request.trigger, request.requested_at, allow, ids, rollback)
+
     def _release_requests(self) -> None:
         """Requests taken but not yet run go back to the queue: this process no longer leads."""
-        ids = [i for kind in self._remote.values() for i in kind]
+        ids = [i for kind in self._remote.values() for i in kind] + list(self._remote_jobs.values())
+        # A one-off job that came from another process is theirs: it must not also run here later.
+        self._pending_jobs = [t for t in self._pending_jobs if t.request_id not in self._remote_jobs]
         self._remote.clear()
+        self._remote_jobs.clear()
         if ids:
             try:
                 self.requests.release(ids, self.identity)
@@ -537,7 +613,7 @@ class SyncService:
         try:
             self.engine.state.set(**{keys.LEADER: self.identity})
             closed = self.engine.state.close_interrupted_runs()
-            held = [i for ids in self._remote.values() for i in ids]
+            held = [i for ids in self._remote.values() for i in ids] + list(self._remote_jobs.values())
             requeued, cut_off = self.requests.recover(held, self._interrupted)
         except EmpsyncError:
             self._lock.release()  # lead only with the bookkeeping done; the next try starts over
@@ -655,7 +731,7 @@ class SyncService:
             return None
 
     def _run_due_work(self) -> None:
-        if self._pending:  # queued while standby, or during a run
+        if self._pending or self._pending_jobs:  # queued while standby, or during a run
             self._run_pending_requests()
             return
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
@@ -687,6 +763,12 @@ class SyncService:
                     self._pending.pop("normal", None)  # a force run covers a normal one
                     with self._snapshot_lock:
                         self._live["pending"] = [p for p in self._live["pending"] if p["kind"] != "normal"]
+        while self._pending_jobs and not self._stop.is_set():
+            ticket = self._pending_jobs.pop(0)
+            self._drop_pending_ticket(ticket)
+            row = self._remote_jobs.pop(ticket.request_id, None)
+            serving = [row] if row is not None else []
+            self._run(ticket.kind, ticket.trigger, scheduled=False, ticket=ticket, serving=serving)
 
     def _drop_pending_ticket(self, ticket: Ticket) -> None:
         with self._snapshot_lock:
@@ -708,14 +790,21 @@ class SyncService:
         force = kind == "force"
         self._serving = serving or []
         try:
-            result = self.engine.run(
-                force=force,
-                when_due=scheduled and not force,
-                trigger=trigger,
-                lock=self._lock,
-                stop=self._stop,
-                allow_mass_delete=bool(ticket and ticket.allow_mass_delete),
-            )
+            if kind == "rollback" and ticket is not None and ticket.rollback is not None:
+                options = ticket.rollback
+                result = self.engine.rollback(
+                    options["run"], hold=options["hold"], cascade=options["cascade"], trigger=trigger, lock=self._lock
+                )
+            else:
+                result = self.engine.run(
+                    force=force,
+                    when_due=scheduled and not force,
+                    trigger=trigger,
+                    lock=self._lock,
+                    stop=self._stop,
+                    allow_mass_delete=bool(ticket and ticket.allow_mass_delete),
+                    ids=ticket.ids if ticket is not None and kind == "ids" else None,
+                )
         except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
             log.exception("the %s run raised instead of failing cleanly", kind)
             result = self._record_crash(kind, trigger, exc)
@@ -725,8 +814,9 @@ class SyncService:
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
-        if result.status == "failed" and not result.retry:
-            # Retrying would fail the same way (the mass-delete guard): the schedule goes on, the state says why.
+        if result.status == "failed" and (not result.retry or kind in ONE_OFF_KINDS):
+            # Retrying would fail the same way (the mass-delete guard), or is for whoever asked for
+            # these documents (an ids run): the schedule goes on, the state says why.
             self._failures, self._retry_at = 0, None
             with self._snapshot_lock:
                 self._live["failures"], self._live["retry_at"] = 0, None
@@ -743,6 +833,10 @@ class SyncService:
                 self._set_state("error", f"{result.reason}; retrying in {delay:.0f} s")
                 log.warning("Retrying in %.0f s (attempt %d)", delay, self._failures + 1)
         elif result.status == "ok":
+            if kind == "rollback" and ticket is not None and ticket.rollback and not ticket.rollback["hold"]:
+                self._paused = True  # stored by the rollback itself; not waiting for the next settings refresh
+                with self._snapshot_lock:
+                    self._live["paused"] = True
             self._failures, self._retry_at = 0, None
             with self._snapshot_lock:
                 self._live["failures"], self._live["retry_at"] = 0, None
@@ -793,15 +887,21 @@ class SyncService:
     # -- status ----------------------------------------------------------------
 
     def _refresh_status(self, count_documents: bool = True) -> None:
+        # The rollups read a month of runs: once a minute is fresh enough for hourly figures.
+        rollups = time.monotonic() >= self._rollups_due
         try:
             status = build_status(self.engine, count_documents=count_documents)
-            stats = build_stats(self.engine)
+            stats = build_stats(self.engine, rollups=rollups)
         except EmpsyncError as exc:
             with self._snapshot_lock:
                 self._db_status = {**self._db_status, "last_error": exc.message}
             return
         status.pop("next_sync_at", None)  # the scheduler's view is the truthful one here
+        if rollups:
+            self._rollups_due = time.monotonic() + ROLLUPS_REFRESH_S
         with self._snapshot_lock:
+            if not rollups:
+                stats["hourly"], stats["daily"] = self._stats.get("hourly", []), self._stats.get("daily", [])
             self._db_status, self._stats = status, stats
 
     def _set_state(self, state: str, detail: str = "") -> None:
@@ -846,6 +946,16 @@ class SyncService:
                     self._db_status["last_status"] = "ok"
                     if event.result.forced:
                         self._db_status["last_force_sync_at"] = stamp
+
+
+def _payload(ticket: Ticket) -> dict[str, Any]:
+    """A ticket's arguments, as a request row carries them to the leader."""
+    payload: dict[str, Any] = {"allow_mass_delete": True} if ticket.allow_mass_delete else {}
+    if ticket.ids:
+        payload["ids"] = list(ticket.ids)
+    if ticket.rollback:
+        payload.update(ticket.rollback)
+    return payload
 
 
 def _next(last_iso: str | None, every: int) -> datetime:

@@ -6,8 +6,9 @@ audit rows, rejects and checkpoint together or not at all.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,8 @@ from .mapping import Reject, display
 
 # Keep IN (...) lists well inside every server's limits.
 ID_CHUNK = 500
+# What an audit row carries besides its values: run id, time, operation, field name, placeholders.
+AUDIT_ROW_BYTES = 512
 # The audit operation of a write that put a drifted row right (old: what the row held).
 REPAIR = "repair"
 
@@ -75,6 +78,9 @@ class MirrorStore:
             m.c[UPDATE_TIME_COLUMN],
             m.c[DELETED_AT_COLUMN],
         ).where(key.in_(bindparam("ids", expanding=True)))
+        # The most text an upsert of this table carries besides its values: the column
+        # names in the head and in the conflict clause, the placeholders, the bookkeeping values.
+        self._row_text = sum(3 * len(c.name) + 64 for c in m.columns) + 256
         r = self.t.rejects
         self._rejected = select(r.c.document_id).where(r.c.document_id.in_(bindparam("ids", expanding=True)))
 
@@ -92,6 +98,53 @@ class MirrorStore:
                     deleted_at=row[n + 3],
                 )
         return found
+
+    def refuse_unstorable(self, conn: Connection, plans: list[Planned]) -> tuple[list[Planned], list[Rejected]]:
+        """Writes the database cannot take become rejects naming the field, so the rest of the batch lands.
+
+        A row, or an audit row of one of its changes, that alone is larger
+        than one statement may carry on this connection (MySQL's
+        max_allowed_packet) would have the server drop the connection on every
+        retry; a value the database cannot hold (U+0000 in PostgreSQL text)
+        would fail the batch on every run. The previous good row stays.
+        """
+        dialect = self.db.dialect
+        size = dialect.param_bytes
+        room = dialect.limits(conn).bytes - self._row_text
+        kept: list[Planned] = []
+        refused: list[Rejected] = []
+        for plan in plans:
+            decision = plan.decision
+            if not decision.writes:
+                kept.append(plan)
+                continue
+            values = plan.row if decision.op is Op.INSERT else {c: plan.row[c] for c in decision.columns}
+            problem = dialect.unstorable(values)
+            if problem is None:
+                widths = {c: size(v) for c, v in values.items()}
+                needed = sum(widths.values()) + size(plan.doc_id)
+                widest = max(widths, key=widths.__getitem__, default=self.id_column)
+                for change in decision.field_changes:  # audit rows hold the old and the new value
+                    audited = (
+                        size(display(change.old)) + size(display(change.new)) + size(plan.doc_id) + AUDIT_ROW_BYTES
+                    )
+                    if audited > needed:
+                        needed, widest = audited, change.column
+                if needed > room:
+                    problem = (
+                        widest,
+                        (
+                            f"too large to write: {needed:,} bytes where one statement on this server carries "
+                            f"{max(room, 0):,}{dialect.limit_hint}"
+                        ),
+                    )
+            if problem is None:
+                kept.append(plan)
+                continue
+            column, reason = problem
+            spec = self.db.config.field_by_column(column)
+            refused.append(Rejected(plan.doc_id, Reject(spec.path if spec else column, reason), plan.update_time))
+        return kept, refused
 
     def rejected_among(self, conn: Connection, ids: Sequence[str]) -> set[str]:
         """Which of these documents have a recorded reject."""
@@ -127,11 +180,12 @@ class MirrorStore:
             values = {c: plan.row[c] for c in columns}
             if op is Op.RESTORE:
                 values[DELETED_AT_COLUMN] = None
+                # What it was deleted at, so that a rollback can delete it again as it was.
+                found = plan.found_deleted_at
                 if repaired:
-                    found = plan.found_deleted_at
                     audit.append(self._audit(run_id, now, plan.doc_id, REPAIR, DELETED_AT_COLUMN, found, None))
                 else:
-                    audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
+                    audit.append(self._audit(run_id, now, plan.doc_id, op, None, found, None))
             by_columns[tuple(values)].append({**values, **bookkeeping})
             field_op = REPAIR if repaired else Op.UPDATE
             for change in plan.decision.changes:
@@ -186,16 +240,37 @@ class MirrorStore:
     def remove(
         self, conn: Connection, ids: Sequence[str], mode: str, run_id: int | None, now: datetime
     ) -> list[dict[str, Any]]:
-        """Rows whose documents are gone: soft-delete or delete them, with audit rows."""
+        """Rows whose documents are gone: soft-delete or delete them, with audit rows.
+
+        Each audit row keeps the row's mapped values as JSON (its ``old_value``),
+        so a rollback can put back even a row that a hard delete removed.
+        """
         m = self.t.mirror
         key = m.c[self.id_column]
+        audit = []
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
+            held = self.load(conn, chunk)
             if mode == "hard":
                 conn.execute(delete(m).where(key.in_(chunk)))
             else:
                 conn.execute(update(m).where(key.in_(chunk)).values({DELETED_AT_COLUMN: now, SYNCED_AT_COLUMN: now}))
-        audit = [self._audit(run_id, now, i, Op.DELETE, None, None, None) for i in ids]
+            for doc_id in chunk:
+                values = row_json(held[doc_id].values) if doc_id in held else None
+                audit.append({**self._audit(run_id, now, doc_id, Op.DELETE, None, None, None), "old_value": values})
         if audit:
             insert_rows(conn, self.t.changes, audit)
         return audit
+
+    def held_among(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        """Which of these documents a rollback holds out of every sync."""
+        found: set[str] = set()
+        h = self.t.holds.c.document_id
+        for start in range(0, len(ids), ID_CHUNK):
+            found.update(conn.execute(select(h).where(h.in_(ids[start : start + ID_CHUNK]))).scalars())
+        return found
+
+
+def row_json(values: Mapping[str, Any]) -> str:
+    """A row's mapped values as audit text: JSON of each value's display form."""
+    return json.dumps({k: display(v) for k, v in values.items()}, sort_keys=True, ensure_ascii=False)

@@ -1,19 +1,19 @@
-"""Shared fixtures: one real emulator and one real MariaDB per test session.
+"""Shared fixtures: one real emulator, one real MariaDB and one real PostgreSQL per test session.
 
 Tests isolate themselves inside them: each gets its own Firestore project id
-and its own MariaDB database, so nothing needs cleaning up. With CI=true a
-server that cannot start fails the run; elsewhere its tests are skipped with
-the reason.
+and its own database, so nothing needs cleaning up. With CI=true a server
+that cannot start fails the run; elsewhere its tests are skipped with the
+reason.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from core.demo import DEMO_FIELDS
 from core.errors import EmpsyncError
 from core.source import make_client
 
-from .servers import MariaDB, ServerMissing, start_emulator
+from .servers import MariaDB, PostgreSQL, ServerMissing, start_emulator
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +45,14 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def started(server):
+    """A test server started, or the test failed (CI) or skipped with the reason."""
+    try:
+        return server.start()
+    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
+        _unavailable(type(server).__name__, exc)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     try:
@@ -57,10 +65,14 @@ def emulator(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
-    try:
-        server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
-    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
-        _unavailable("MariaDB", exc)
+    server = started(MariaDB(tmp_path_factory.mktemp("mariadb")))
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = started(PostgreSQL())
     yield server
     server.destroy()
 
@@ -76,16 +88,31 @@ def mysql_url(mariadb, project) -> str:
 
 
 @pytest.fixture
+def postgresql_url(postgres, project) -> str:
+    return postgres.url(postgres.create_database(project.replace("-", "_")))
+
+
+@pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mirror.db'}"
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
+TARGET_URLS = {"sqlite": "sqlite_url", "mariadb": "mysql_url", "postgresql": "postgresql_url"}
+
+
+@pytest.fixture(params=list(TARGET_URLS))
 def target_url(request) -> str:
-    """Runs the test once per target: the embedded default and the product's real one."""
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_url")
-    return request.getfixturevalue("mysql_url")
+    """Runs the test once per target: the embedded default and each server empsync writes."""
+    return request.getfixturevalue(TARGET_URLS[request.param])
+
+
+SERVERS = {"mariadb": "mysql_url", "postgresql": "postgresql_url"}
+
+
+@pytest.fixture(params=list(SERVERS))
+def server_url(request) -> str:
+    """Runs the test once per database server: for what SQLite has no part in (a lock on a server)."""
+    return request.getfixturevalue(SERVERS[request.param])
 
 
 @pytest.fixture
@@ -176,12 +203,13 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
     for section in ("source", "target", "sync", "api"):
         lines.append(f"[{section}]")
         for key, value in vars(getattr(config, section)).items():
-            if (section, key) != ("source", "where"):  # an array of tables, below
+            if key != "where":
                 lines.append(f"{key} = {_toml(value)}")
     for condition in config.source.where:
-        value = list(condition.value) if isinstance(condition.value, tuple) else condition.value
-        lines += ["[[source.where]]", f"field = {_toml(condition.field)}", f"op = {_toml(condition.op)}"]
-        lines.append(f"value = {json.dumps(value)}")  # JSON's scalars and arrays are TOML's too
+        lines.append("[[source.where]]")
+        lines.append(f"field = {_toml(condition.field)}")
+        lines.append(f"op = {_toml(condition.op)}")
+        lines.append(f"value = {_toml(condition.value)}")
     for spec in config.fields:
         lines.append(f'[fields."{spec.path}"]')
         lines.append(f'type = "{spec.type}"')
@@ -194,6 +222,10 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -133,7 +133,7 @@ async def test_f_in_a_standby_console_makes_the_leader_run_it_and_shows_its_work
 
         await until(
             pilot,
-            lambda: any(t.startswith(f"Force sync done on the leader {name}, run #{run['id']}") for t in app.toasts),
+            lambda: any(t.startswith(f"Force sync done on the leader {name} (run #{run['id']}):") for t in app.toasts),
             "the toast with the run's result",
         )
         await until(pilot, lambda: log_has(app, name, "Employee updated: e3"), "the leader's log of the change")

@@ -48,8 +48,10 @@ from .panes.status import StatusPane, shown, whose
 from .screens.dialog import FieldDialog
 from .screens.filter import FilterScreen
 from .screens.help import HelpScreen
+from .screens.ids import IdsScreen
 from .screens.interval import IntervalScreen
 from .screens.rejects import RejectsScreen
+from .screens.runs import RunsScreen
 
 log = logging.getLogger("empsync.console")
 
@@ -237,7 +239,10 @@ class EmpsyncApp(App[int]):
         self._dirty = True
         result = message.result
         if getattr(result, "trigger", "") == "console":
-            self.toast(f"{'Force sync' if result.forced else 'Sync'} done: {_counts_text(result.to_json())}")
+            if result.kind == "rollback":
+                self.toast(result.reason, title="Rolled back")
+                return
+            self.toast(_done_text(result))
 
     @on(msg.RequestUpdate)
     def _on_request_update(self, message: msg.RequestUpdate) -> None:
@@ -247,23 +252,26 @@ class EmpsyncApp(App[int]):
         event = message.event
         if event.trigger != "console":
             return  # asked by this process's API: its caller follows it
-        what = "Force sync" if event.kind == "force" else "Sync"
+        what = WHAT.get(event.kind, "Sync")
         by = f"the leader {event.leader}" if event.leader else "the leader"
-        result = event.result or {}
+        result = event.result
         if event.request_id is None:
             self.toast(f"{what} not sent: {event.reason}", severity="error")
+        elif event.status in ("queued", "claimed"):
+            pass  # said when the key was pressed; the Status pane shows the leader busy, if it is
         elif event.status == "running":
             self.toast(f"{what} started on {by}: run #{event.run_id}")
-        elif event.status == "expired":
+        elif event.status == "expired" or result is None:
             self.toast(f"{what} request #{event.request_id} dropped: {event.reason}", severity="warning")
-        elif result.get("status") == "ok":
-            self.toast(f"{what} done on {by}, run #{event.run_id}: {_counts_text(result)}")
-        elif result.get("status") == "skipped":
-            self.toast(f"{what} skipped by {by}: {result.get('reason')}", severity="warning")
-        elif event.status in ("done", "failed"):
-            hint = result.get("hint")
+        elif result.status == "ok" and result.kind == "rollback":
+            self.toast(result.reason, title=f"Rolled back by {by}")
+        elif result.status == "ok":
+            self.toast(_done_text(result, by))
+        elif result.status == "skipped":
+            self.toast(f"{what} skipped by {by}: {result.reason}", severity="warning")
+        else:
             self.toast(
-                str(result.get("reason") or "no reason given") + (f"\n{hint}" if hint else ""),
+                (result.reason or "no reason given") + (f"\n{result.hint}" if result.hint else ""),
                 severity="error",
                 title=f"{what} failed on {by}",
             )
@@ -481,8 +489,11 @@ class EmpsyncApp(App[int]):
         except EmpsyncError as exc:
             self.toast(exc.message, severity="error")
             return
+        self.toast_queued("Force sync" if force else "Sync", ticket)
+
+    def toast_queued(self, what: str, ticket: Any) -> None:
+        """Say where a run just asked for goes: this console's queue, or the leader's."""
         snap = self._snapshot()
-        what = "Force sync" if force else "Sync"
         if getattr(ticket, "forwarded", False):
             if snap.get("shown"):
                 busy = "; it starts when the leader's current run ends" if snap.get("current_run") else ""
@@ -558,6 +569,25 @@ class EmpsyncApp(App[int]):
         self.push_screen(self._rejects_screen)
         self.call_after_refresh(self._layout, self.size.width)  # its footer, too
         self._load_rejects()
+
+    def action_history(self) -> None:
+        if not isinstance(self.screen, RunsScreen):
+            self.push_screen(RunsScreen())
+            self.call_after_refresh(self._layout, self.size.width)
+
+    def action_sync_ids(self) -> None:
+        if not isinstance(self.screen, IdsScreen):
+            self.push_screen(IdsScreen(), self._ids_chosen)
+
+    def _ids_chosen(self, ids: tuple[str, ...] | None) -> None:
+        if not ids:
+            return
+        try:
+            ticket = self.service.sync_ids(ids, "console")
+        except EmpsyncError as exc:
+            self.toast(exc.message, severity="error")
+            return
+        self.toast_queued(f"Sync of {len(ids):,} employee(s)", ticket)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -660,12 +690,18 @@ def _serve_api(service: Any, config: Any) -> Any:
         return None
 
 
-def _counts_text(result: dict[str, Any]) -> str:
-    """A finished run's figures, as its toast says them (``result``: a run's JSON)."""
-    written = sum(int(result.get(k) or 0) for k in ("inserted", "updated", "deleted"))
+WHAT = {"force": "Force sync", "ids": "Sync of selected employees", "rollback": "Rollback"}
+
+
+def _done_text(result: Any, by: str = "") -> str:
+    """A finished run's toast (``result``: a ``RunReport``); ``by``: the leader that made it for us."""
+    c = result.counts
+    written = c.inserted + c.updated + c.deleted + c.repaired
+    repaired = f", {c.repaired:,} repaired" if c.repaired else ""
+    on = f" on {by}" if by else ""
     return (
-        f"{int(result.get('fetched') or 0):,} read, {written:,} written, {int(result.get('rejected') or 0):,} rejected "
-        f"in {int(result.get('duration_ms') or 0) / 1000:.1f} s"
+        f"{WHAT.get(result.kind, 'Sync')} done{on} (run #{result.run_id}): {c.fetched:,} read, {written:,} written"
+        f"{repaired}, {c.rejected:,} rejected in {result.duration_ms / 1000:.1f} s"
     )
 
 

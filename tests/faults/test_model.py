@@ -353,13 +353,18 @@ class History:
         rows, rejects = self.table_state()
         for doc_id in sorted(due):
             if doc_id in self.model.docs:
-                self.check_document(doc_id, rows, rejects, uncertain)
-                self.model.drifted.pop(doc_id, None)  # read and written in full: healed
+                # A drifted row heals when its new version differs from the one it was written from,
+                # and stays when the write gave the same content (the hash is trusted): perhaps, now.
+                self.check_document(doc_id, rows, rejects, uncertain | set(self.model.drifted))
+                if doc_id in self.model.drifted:
+                    self.model.drifted[doc_id] = False
 
     def check_full_read(self, result: RunResult, allowed: bool, uncertain: set[str] = frozenset()) -> None:
         """After a complete read: the table equals the model (a force run also heals drift)."""
         rows, rejects = self.table_state()
         tripped = result.status == "failed" and "mass-delete guard" in (result.reason or "")
+        # A read that finds no document at all (a mistyped collection, say) keeps every row and reject.
+        empty = not self.model.docs and not uncertain
         if result.status != "ok" and not tripped:
             raise Divergence(f"a full read failed on valid data: {result.reason}")
         live = {i for i, r in rows.items() if r["deleted_at"] is None}
@@ -372,20 +377,21 @@ class History:
         if not result.forced:  # hashes were trusted: a value edited by hand may stand
             uncertain = set(uncertain) | {i for i, force_only in self.model.drifted.items() if force_only}
         for doc_id in sorted(set(self.model.docs) | set(self.model.possible) | self.model.ghosts):
-            self.check_document(doc_id, rows, rejects, uncertain, deletions_held=tripped)
+            self.check_document(doc_id, rows, rejects, uncertain, deletions_held=tripped or empty)
         invalid = {i for i, d in self.model.docs.items() if self.expected(d) is None}
-        if set(rejects) - uncertain != invalid - uncertain:
+        if not empty and set(rejects) - uncertain != invalid - uncertain:
             raise Divergence(f"rejects {sorted(rejects)} but invalid documents {sorted(invalid)}")
         if result.forced:
             self.check_repairs(result, uncertain)
         self.check_audit()
-        if result.forced:
-            self.model.drifted = {i: k for i, k in self.model.drifted.items() if i in uncertain}
+        if result.forced:  # healed, but where the document is invalid: its old row stays as it was
+            invalid_now = {i for i, d in self.model.docs.items() if self.expected(d) is None}
+            self.model.drifted = {i: k for i, k in self.model.drifted.items() if i in uncertain | invalid_now}
         elif not self.full_read_done:  # a new scope rewrote rows whose hash changed: healed, perhaps
             self.model.drifted = dict.fromkeys(self.model.drifted, False)
         else:  # hashes were trusted: only a value edited under an unchanged hash may remain
             self.model.drifted = {i: k for i, k in self.model.drifted.items() if k}
-        if not tripped:
+        if not (tripped or empty):
             self.model.ghosts.clear()
         self.full_read_done = True
 
@@ -400,7 +406,8 @@ class History:
         }
         unchanged = {i: k for i, k in unchanged.items() if self.expected(self.model.docs[i]) is not None}
         least = sum(unchanged.values())
-        if not least <= result.counts.repaired <= len(unchanged):
+        perhaps = len(set(self.model.drifted) & uncertain)  # changed mid-run: repaired first, perhaps
+        if not least <= result.counts.repaired <= len(unchanged) + perhaps:
             raise Divergence(
                 f"repaired {result.counts.repaired}; drifted rows of unchanged documents: {unchanged} "
                 f"(at least {least} only a force run heals)"
@@ -425,9 +432,9 @@ class History:
             found = frozen(self.mapped(row))
         possible = self.model.possible.get(doc_id, {ABSENT})
         data = self.model.docs.get(doc_id)
-        loose = doc_id in uncertain or (
-            data is not None and doc_id in self.model.drifted and self.expected(data) is None
-        )
+        if doc_id in self.model.drifted and (doc_id in uncertain or (data is not None and self.expected(data) is None)):
+            return  # edited by hand and not (certainly) healed yet: any row will do until a force run
+        loose = doc_id in uncertain
         if data is None:  # gone from Firestore, or a row nobody wrote
             want = {"soft": {"deleted", ABSENT}, "hard": {ABSENT}, "keep": None}[self.delete_mode]
             if want is not None and not deletions_held and not loose and found not in want:
@@ -492,14 +499,19 @@ class History:
             self.say(f"listen session ({self.scope}){' with a failing write' if failed else ''}: {sorted(touched)}")
             gone = set(self.model.possible) - set(self.model.docs)
             deleted_now = (touched - upserted) & gone
-            if self.scope == "changes":  # the stream reports the deletions of the documents it watches
-                must_go = deleted_now & (dirty_before | upserted)
+            if self.scope == "changes":
+                # The stream reports the deletions of the documents it watches: those written while it
+                # listened (one changed only before may be behind the watermark of a run at its start).
+                must_go = deleted_now & upserted
             elif self.fraction >= 1.0:  # every deletion, those made while no stream was open too
                 must_go = gone
             else:  # those older than the stream may be held back by the guard
                 must_go = deleted_now
             problem: list[str] = []
-            wait_for(lambda: self.listen_converged(must_go, problem), LISTEN_WAIT_S, f"listen mode: {problem}")
+            try:
+                wait_for(lambda: self.listen_converged(must_go, problem), LISTEN_WAIT_S, "listen mode to converge")
+            except AssertionError:
+                raise Divergence(f"listen mode did not converge in {LISTEN_WAIT_S:.0f} s: {problem}") from None
         finally:
             assert service.stop(15), "the listening service did not stop"
         rows, rejects = self.table_state()
