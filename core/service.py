@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,16 +28,8 @@ from .backoff import backoff_delay
 from .config import Config, check_interval
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
-from .events import (
-    BatchApplied,
-    Event,
-    EventBus,
-    RequestUpdate,
-    StatusChanged,
-    SyncFailed,
-    SyncFinished,
-    SyncStarted,
-)
+from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from .exchange import Inbox, Outbox
 from .live import LiveMirror
 from .lock import SyncLock, make_lock
 from .presence import Publisher, SharedLog, live_leader
@@ -94,14 +86,6 @@ class Ticket:
         return out
 
 
-@dataclass
-class _Asked:
-    """A request this process sent to the leader, followed until it ends."""
-
-    ticket: Ticket
-    status: str = req.QUEUED
-
-
 class SyncService:
     """The worker and its face API. ``attach``: never take the lock, only watch and steer the leader."""
 
@@ -154,12 +138,8 @@ class SyncService:
         self._retry_force = False
         self._pending: dict[str, Ticket] = {}
         self._pending_jobs: list[Ticket] = []  # ids runs and rollbacks: each request in its turn
-        # Requests from other processes this leader took: the next run of their kind serves them
-        # (by kind for normal and force, which coalesce; by ticket for the one-off kinds).
-        self._remote: dict[str, list[int]] = {}
-        self._remote_jobs: dict[int, int] = {}
-        self._serving: list[int] = []  # those the current run serves
-        self._asked: dict[int, _Asked] = {}  # requests this process sent to the leader, by row id
+        self._outbox = Outbox(self.requests, self.identity, self.bus, self._note_request)  # asked of the leader
+        self._inbox = Inbox(self.requests, self.identity)  # taken from other processes, while leading
         self._next_requests = 0.0
         self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
@@ -395,7 +375,7 @@ class SyncService:
         except EmpsyncError as exc:
             log.error("could not store %s: %s", ", ".join(values), exc.message)
 
-    # -- requests between processes (core/requests.py) ----------------------------
+    # -- requests between processes (core/requests.py, core/exchange.py) -------------
 
     def _exchange_requests(self) -> None:
         """At most every ``REQUESTS_S``: a leader takes the queued requests; an asker follows its own."""
@@ -404,184 +384,44 @@ class SyncService:
             return
         self._next_requests = now + REQUESTS_S
         if self.is_leader:
-            self._claim_requests()
-        if self._asked:
-            self._follow_requests()
+            for request in self._inbox.take():
+                self._accept(request)
+        if self._outbox:
+            self._outbox.follow()
 
     def _forward(self, ticket: Ticket) -> None:
         """A face's run request, while another process leads: queue it for the leader."""
-        try:
-            row = self.requests.queue(ticket.kind, ticket.trigger, self.identity, _payload(ticket))
-        except EmpsyncError as exc:
-            log.error("Could not send the %s run request to the leader: %s", ticket.kind, exc.message)
+        sent = self._outbox.send(ticket.request_id, ticket.kind, ticket.trigger, _payload(ticket), self._live["leader"])
+        if not sent:
             self._drop_pending_ticket(ticket)
-            self.bus.emit(
-                RequestUpdate(
-                    utcnow(),
-                    None,
-                    ticket.request_id,
-                    ticket.kind,
-                    ticket.trigger,
-                    req.FAILED,
-                    reason=f"could not queue it: {exc.message}",
-                )
-            )
-            return
-        self._asked[row] = _Asked(ticket)
-        self._set_pending_status(ticket, row, req.QUEUED, None)
-        leader = self._live.get("leader")
-        log.info("Asked the leader %s for a %s run (request #%d)", leader or "(none yet)", ticket.kind, row)
-        self.bus.emit(RequestUpdate(utcnow(), row, ticket.request_id, ticket.kind, ticket.trigger, req.QUEUED))
 
-    def _follow_requests(self) -> None:
-        try:
-            rows = self.requests.get_many(self._asked)
-        except EmpsyncError:
-            return  # the database is away: the next look sees where they are
-        now = utcnow()
-        for row_id, asked in list(self._asked.items()):
-            row = rows.get(row_id)
-            if row is None:  # deleted by hand
-                row = Request(row_id, asked.ticket.kind, asked.ticket.trigger, self.identity, now, req.EXPIRED)
-            elif row.status == req.QUEUED and (now - row.requested_at).total_seconds() > req.TTL_S:
-                try:
-                    if self.requests.cancel(row_id):
-                        row = replace(row, status=req.EXPIRED)
-                except EmpsyncError:
-                    pass
-            if row.status != asked.status:
-                asked.status = row.status
-                self._report(asked.ticket, row)
-            if row.is_final:
-                del self._asked[row_id]
-                self._drop_pending_ticket(asked.ticket)
-
-    def _report(self, ticket: Ticket, row: Request) -> None:
-        self._set_pending_status(ticket, row.id, row.status, row.claimed_by)
-        if row.claimed_by == self.identity:
-            return  # this process took it itself (it leads now): its own run events tell the story
-        what = f"request #{row.id} ({row.kind} run)"
-        reason = ""
-        if row.status == req.CLAIMED:
-            log.info("The leader %s took %s", row.claimed_by, what)
-        elif row.status == req.RUNNING:
-            log.info("The leader %s runs %s as run #%s", row.claimed_by, what, row.run_id)
-        elif row.status in (req.DONE, req.FAILED):
-            result = row.result or {}
-            reason = result.get("reason") or ""
-            level = logging.INFO if row.status == req.DONE else logging.WARNING
-            log.log(
-                level,
-                "The leader %s ended %s: %s%s",
-                row.claimed_by,
-                what,
-                result.get("status") or row.status,
-                f" ({reason})" if reason else "",
-            )
-        elif row.status == req.EXPIRED:
-            reason = f"no leader took it within {req.TTL_S:.0f} s"
-            log.warning("%s expired: %s", what.capitalize(), reason)
-        report = None
-        if row.result is not None:
-            report = RunResult.from_json(row.result, trigger=row.trigger, exit_code=row.exit_code or 0).report()
-        self.bus.emit(
-            RequestUpdate(
-                utcnow(),
-                row.id,
-                ticket.request_id,
-                row.kind,
-                row.trigger,
-                row.status,
-                row.claimed_by,
-                row.run_id,
-                report,
-                reason,
-            )
-        )
-
-    def _set_pending_status(self, ticket: Ticket, row: int, status: str, leader: str | None) -> None:
+    def _note_request(self, ticket: int, row: int, status: str, leader: str | None) -> None:
+        """The pending list follows a request sent to the leader, until it ends."""
         with self._snapshot_lock:
-            self._live["pending"] = [
-                {**p, "request": row, "status": status, "leader": leader} if p["request_id"] == ticket.request_id else p
-                for p in self._live["pending"]
-            ]
-
-    def _claim_requests(self) -> None:
-        try:
-            claimed = self.requests.claim(self.identity)
-        except EmpsyncError as exc:
-            log.debug("could not look for requests: %s", exc.message)
-            return
-        for request in claimed:
-            try:
-                ticket = self._ticket_of(request)
-            except (KeyError, TypeError, ValueError):
-                reason = f"this leader does not run requests of kind {request.kind!r} with {request.payload!r}"
-                self._finish_requests([request.id], self._result_of_nothing(request, reason[:500]))
-                continue
-            if ticket.kind in ONE_OFF_KINDS:
-                self._remote_jobs[ticket.request_id] = request.id
+            pending = self._live["pending"]
+            if status in req.FINAL:
+                self._live["pending"] = [p for p in pending if p["request_id"] != ticket]
             else:
-                self._remote.setdefault(request.kind, []).append(request.id)
-            log.info(
-                "Took request #%d from %s (%s): a %s run",
-                request.id,
-                request.requested_by,
-                request.trigger,
-                request.kind,
-            )
-            with self._snapshot_lock:
-                self._live["pending"] = [*self._live["pending"], {**ticket.to_json(), "request": request.id}]
-            self._add_pending(ticket)
+                update = {"request": row, "status": status, "leader": leader}
+                self._live["pending"] = [{**p, **update} if p["request_id"] == ticket else p for p in pending]
 
-    def _finish_requests(self, ids: list[int], result: RunResult) -> None:
-        if not ids:
-            return
+    def _accept(self, request: Request) -> None:
+        """A request taken from another process becomes a ticket, as a face of this one would queue."""
         try:
-            self.requests.finish(ids, self.identity, result.to_json(), result.exit_code)
-        except EmpsyncError as exc:
-            log.warning("could not record the result of request(s) %s: %s", ", ".join(map(str, ids)), exc.message)
-
-    def _ticket_of(self, request: Request) -> Ticket:
-        """The ticket a claimed request becomes; raises on a kind or arguments this version cannot run."""
-        if request.kind not in RUN_KINDS:
-            raise ValueError(request.kind)
-        payload, ids, rollback = request.payload, (), None
-        if request.kind == "ids":
-            ids = tuple(str(i) for i in payload["ids"])
-        elif request.kind == "rollback":
-            rollback = {
-                "run": int(payload["run"]),
-                "hold": payload["hold"] is True,
-                "cascade": payload["cascade"] is True,
-            }
-        allow = payload.get("allow_mass_delete") is True
-        return Ticket(next(self._ids), request.kind, request.trigger, request.requested_at, allow, ids, rollback)
+            ticket = _ticket_of(request, next(self._ids))
+        except (KeyError, TypeError, ValueError):
+            reason = f"this leader does not run requests of kind {request.kind!r} with {request.payload!r}"
+            self._inbox.answer([request.id], _result_of_nothing(request, reason[:500]))
+            return
+        self._inbox.hold(request, ticket.request_id, coalesces=ticket.kind not in ONE_OFF_KINDS)
+        with self._snapshot_lock:
+            self._live["pending"] = [*self._live["pending"], {**ticket.to_json(), "request": request.id}]
+        self._add_pending(ticket)
 
     def _release_requests(self) -> None:
-        """Requests taken but not yet run go back to the queue: this process no longer leads."""
-        ids = [i for kind in self._remote.values() for i in kind] + list(self._remote_jobs.values())
-        # A one-off job that came from another process is theirs: it must not also run here later.
-        self._pending_jobs = [t for t in self._pending_jobs if t.request_id not in self._remote_jobs]
-        self._remote.clear()
-        self._remote_jobs.clear()
-        if ids:
-            try:
-                self.requests.release(ids, self.identity)
-                log.info("Handed request(s) %s back to the queue for the next leader", ", ".join(map(str, ids)))
-            except EmpsyncError:
-                pass  # the next leader puts them back itself
-
-    @staticmethod
-    def _result_of_nothing(request: Request, reason: str) -> RunResult:
-        return RunResult(
-            status="failed",
-            reason=reason,
-            forced=request.kind == "force",
-            kind=request.kind,
-            trigger=request.trigger,
-            exit_code=1,
-        )
+        # A one-off job that came from another process goes back with its request: it must not also run here.
+        self._pending_jobs = [t for t in self._pending_jobs if not self._inbox.holds_ticket(t.request_id)]
+        self._inbox.release()
 
     def _published(self) -> dict[str, Any]:
         """What the publisher writes for other processes: this process's live view."""
@@ -613,8 +453,7 @@ class SyncService:
         try:
             self.engine.state.set(**{keys.LEADER: self.identity})
             closed = self.engine.state.close_interrupted_runs()
-            held = [i for ids in self._remote.values() for i in ids] + list(self._remote_jobs.values())
-            requeued, cut_off = self.requests.recover(held, self._interrupted)
+            requeued, cut_off = self.requests.recover(self._inbox.held(), _interrupted)
         except EmpsyncError:
             self._lock.release()  # lead only with the bookkeeping done; the next try starts over
             raise
@@ -633,10 +472,6 @@ class SyncService:
         log.info("Leading: this service syncs (%s)", self._lock.name)
         self._reschedule()
         self._set_state(self._idle_state())
-
-    def _interrupted(self, request: Request) -> dict[str, Any]:
-        reason = f"interrupted: the leader {request.claimed_by} stopped before the run ended"
-        return self._result_of_nothing(request, reason).to_json()
 
     def _check_lead(self) -> None:
         if self._lock is not None and not self._lock.still_held():
@@ -755,10 +590,8 @@ class SyncService:
             ticket = self._pending.pop(kind, None)
             if ticket is not None:
                 self._drop_pending_ticket(ticket)
-                serving = self._remote.pop(kind, [])
-                if kind == "force":
-                    serving += self._remote.pop("normal", [])  # a force run covers a normal one
-                self._run(kind, ticket.trigger, scheduled=False, ticket=ticket, serving=serving)
+                self._inbox.begin(("force", "normal") if kind == "force" else (kind,))  # force covers normal
+                self._run(kind, ticket.trigger, scheduled=False, ticket=ticket)
                 if kind == "force":
                     self._pending.pop("normal", None)  # a force run covers a normal one
                     with self._snapshot_lock:
@@ -766,29 +599,19 @@ class SyncService:
         while self._pending_jobs and not self._stop.is_set():
             ticket = self._pending_jobs.pop(0)
             self._drop_pending_ticket(ticket)
-            row = self._remote_jobs.pop(ticket.request_id, None)
-            serving = [row] if row is not None else []
-            self._run(ticket.kind, ticket.trigger, scheduled=False, ticket=ticket, serving=serving)
+            self._inbox.begin(ticket=ticket.request_id)
+            self._run(ticket.kind, ticket.trigger, scheduled=False, ticket=ticket)
 
     def _drop_pending_ticket(self, ticket: Ticket) -> None:
         with self._snapshot_lock:
             self._live["pending"] = [p for p in self._live["pending"] if p["request_id"] != ticket.request_id]
 
-    def _run(
-        self,
-        kind: str,
-        trigger: str,
-        *,
-        scheduled: bool,
-        ticket: Ticket | None = None,
-        serving: list[int] | None = None,
-    ) -> RunResult | None:
-        """One run on the worker; ``serving``: the requests of other processes it answers."""
+    def _run(self, kind: str, trigger: str, *, scheduled: bool, ticket: Ticket | None = None) -> RunResult | None:
+        """One run on the worker; it answers the requests of other processes the inbox has begun."""
         if scheduled and (reason := self._schedule_block()):
             log.debug("scheduled %s run skipped: %s", kind, reason)
             return None
         force = kind == "force"
-        self._serving = serving or []
         try:
             if kind == "rollback" and ticket is not None and ticket.rollback is not None:
                 options = ticket.rollback
@@ -808,9 +631,7 @@ class SyncService:
         except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
             log.exception("the %s run raised instead of failing cleanly", kind)
             result = self._record_crash(kind, trigger, exc)
-        finally:
-            self._serving = []
-        self._finish_requests(serving or [], result)
+        self._inbox.end(result)
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
@@ -914,11 +735,7 @@ class SyncService:
     def _on_event(self, event: Event) -> None:
         """The service's own view of a run in progress (called on the worker thread)."""
         if isinstance(event, SyncStarted):
-            if self._serving:
-                try:
-                    self.requests.started(self._serving, self.identity, event.run_id)
-                except EmpsyncError:
-                    pass  # its result is recorded when it ends
+            self._inbox.started(event.run_id)
             with self._snapshot_lock:
                 self._live["current_run"] = {
                     "run_id": event.run_id,
@@ -946,6 +763,32 @@ class SyncService:
                     self._db_status["last_status"] = "ok"
                     if event.result.forced:
                         self._db_status["last_force_sync_at"] = stamp
+
+
+def _ticket_of(request: Request, number: int) -> Ticket:
+    """The ticket a request taken from another process becomes; raises on what this version cannot run."""
+    if request.kind not in RUN_KINDS:
+        raise ValueError(request.kind)
+    payload, ids, rollback = request.payload, (), None
+    if request.kind == "ids":
+        ids = tuple(str(i) for i in payload["ids"])
+    elif request.kind == "rollback":
+        rollback = {"run": int(payload["run"]), "hold": payload["hold"] is True, "cascade": payload["cascade"] is True}
+    allow = payload.get("allow_mass_delete") is True
+    return Ticket(number, request.kind, request.trigger, request.requested_at, allow, ids, rollback)
+
+
+def _result_of_nothing(request: Request, reason: str) -> RunResult:
+    """The failed result of a request that ran no run (its kind unknown here, its leader gone)."""
+    forced = request.kind == "force"
+    return RunResult(
+        status="failed", reason=reason, forced=forced, kind=request.kind, trigger=request.trigger, exit_code=1
+    )
+
+
+def _interrupted(request: Request) -> dict[str, Any]:
+    reason = f"interrupted: the leader {request.claimed_by} stopped before the run ended"
+    return _result_of_nothing(request, reason).to_json()
 
 
 def _payload(ticket: Ticket) -> dict[str, Any]:
