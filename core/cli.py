@@ -24,7 +24,7 @@ from .config import Config, check_document_ids, check_interval, load
 from .errors import ConfigError, EmpsyncError
 
 if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it import it
-    from .engine import SyncEngine
+    from .engine import RunResult, SyncEngine
 
 log = logging.getLogger("empsync")
 
@@ -243,24 +243,10 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
             raise
         asked = args.force or ids is not None or args.wait or args.no_wait  # not cron's plain `sync`
         if result.exit_code == EXIT_LOCKED and not args.dry_run and asked:
-            from .remote import LeaderGone, NoLiveLeader, StoppedWaiting
-
-            try:
-                answer = ask_the_leader(engine, args, ids, stopped.event)
-            except StoppedWaiting as exc:
-                print_error(exc.message, exc.hint)
-                return 128 + (stopped.signal or signal.SIGINT)
-            except (NoLiveLeader, LeaderGone) as exc:  # told as a run of this process would tell it
-                status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
-                result = replace(result, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code)
-            else:
-                if answer.result is None:
-                    if args.json:
-                        emit_json(answer.queued_json())
-                    else:
-                        print(f"queued request #{answer.request_id} ({answer.kind} run) for the leader {answer.leader}")
-                    return EXIT_OK
-                result, raw = answer.result, answer.raw
+            made = made_by_the_leader(engine, args, ids, stopped, result)
+            if isinstance(made, int):
+                return made
+            result, raw = made
     # Stopped by a signal: whole batches are kept and the run is marked interrupted; say so, and exit
     # as a shell expects (130 for Ctrl-C). A run that ended before it noticed is reported as usual.
     interrupted = stopped.signal if result.status == "failed" and raw is None else None
@@ -345,9 +331,16 @@ def interruptible() -> Iterator[Interrupted]:
             signal.signal(sig, handler)
 
 
-def ask_the_leader(engine: SyncEngine, args: argparse.Namespace, ids: list[str] | None, stop: threading.Event):
-    """The lock is held: a live service makes the run (core/remote.py); progress goes to a terminal only."""
-    from .remote import ask_leader
+def made_by_the_leader(
+    engine: SyncEngine, args: argparse.Namespace, ids: list[str] | None, stopped: Interrupted, locked: RunResult
+) -> tuple[RunResult, dict[str, Any] | None] | int:
+    """The lock is held: a live service makes the run (core/remote.py).
+
+    Returns its result and the leader's own JSON of it, to print as this
+    process's; or the exit code, when all is said (only queued, or stopped).
+    Progress lines go to a terminal only.
+    """
+    from .remote import LeaderGone, NoLiveLeader, StoppedWaiting, ask_leader
 
     def progress(line: str) -> None:
         if sys.stderr.isatty():
@@ -357,7 +350,21 @@ def ask_the_leader(engine: SyncEngine, args: argparse.Namespace, ids: list[str] 
     kind = "force" if args.force else "normal"
     if ids is not None:
         kind, payload["ids"] = "ids", ids
-    return ask_leader(engine, kind, payload, wait=not args.no_wait, progress=progress, stop=stop)
+    try:
+        answer = ask_leader(engine, kind, payload, wait=not args.no_wait, progress=progress, stop=stopped.event)
+    except StoppedWaiting as exc:
+        print_error(exc.message, exc.hint)
+        return 128 + (stopped.signal or signal.SIGINT)
+    except (NoLiveLeader, LeaderGone) as exc:  # told as a run of this process would tell it
+        status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
+        return replace(locked, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code), None
+    if answer.result is not None:
+        return answer.result, answer.raw
+    if args.json:
+        emit_json(answer.queued_json())
+    else:
+        print(f"queued request #{answer.request_id} ({answer.kind} run) for the leader {answer.leader}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:

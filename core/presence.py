@@ -116,10 +116,15 @@ class LogBuffer(logging.Handler):
             pass
 
     def take(self) -> list[dict[str, Any]]:
+        """The lines buffered since the last call; lines dropped meanwhile are counted in one line of their own."""
         with self._lock:
             lines = list(self._lines)
+            dropped, self.dropped = self.dropped, 0
             self._lines.clear()
-            return lines
+        if dropped:
+            note = f"{dropped:,} log lines were dropped before they reached the database (it was slow or away)"
+            lines.append({**lines[-1], "level": "WARNING", "logger": log.name, "text": note})
+        return lines
 
 
 class SharedLog:
@@ -231,9 +236,10 @@ class Publisher:
         now = time.monotonic()
         if body == self._last_body and now - self._last_write < HEARTBEAT_S:
             return
+        shown = body
         if len(body) > MAX_VIEW:  # a state value has room for a few kB; keep what a console needs most
-            body = json.dumps({k: view.get(k) for k in ESSENTIAL}, sort_keys=True, default=str)
+            shown = json.dumps({k: view.get(k) for k in ESSENTIAL}, sort_keys=True, default=str)
         stamp = utcnow().isoformat(timespec="milliseconds") + "Z"
-        live = f'{{"service": {json.dumps(self.service)}, "at": "{stamp}", "snapshot": {body}}}'
+        live = f'{{"service": {json.dumps(self.service)}, "at": "{stamp}", "snapshot": {shown}}}'
         self.state.set(**{keys.LEADER_LIVE: live})
         self._last_body, self._last_write = body, now

@@ -117,7 +117,6 @@ class EmpsyncApp(App[int]):
         self._worker_lost = False
         self._change_cursor: int | None = None  # the newest audit row shown (read side of other processes)
         self._log_cursor: int | None = None  # the newest line of empsync_log shown
-        self._remote_on = False
         self._caught_up = False  # leading, and the last look after taking over is done
         self._standby_leader: str | None = None  # the leader this console last stood beside
         self.toasts: deque[str] = deque(maxlen=50)  # what notify() said, newest last
