@@ -34,8 +34,7 @@ from sqlalchemy import delete, func, select
 from . import state as keys
 from .db import Database, insert_rows
 from .errors import EmpsyncError
-from .logs import add_filters, traceback_text
-from .safe import terminal_safe
+from .logs import add_filters, record_text
 from .state import State, parse_iso, utcnow
 
 log = logging.getLogger("empsync.presence")
@@ -96,11 +95,7 @@ class LogBuffer(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            # As the console shows its own: the message on one line, a traceback on its own lines.
-            text = terminal_safe(record.getMessage())
-            detail = traceback_text(self.formatter, record)  # type: ignore[arg-type]
-            if detail:
-                text += "\n" + terminal_safe(detail, multiline=True)
+            text = record_text(self.formatter, record)  # type: ignore[arg-type]  # as the console shows its own
             line = {
                 "at": datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
                 "service": self.service,

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import signal
 import socket
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -30,20 +29,11 @@ from core.service import SyncService
 from tui.app import EmpsyncApp
 
 from .conftest import employee, run_cli, write_docs, write_toml
-from .service_support import Headless, http, mirror_rows, runs_table, stored_state, wait_for
+from .service_support import Headless, http, mirror_rows, runs_table, stored_state, until, wait_for
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_S = 60.0
 TOKEN = "remote-control-token-51f0"
-
-
-@pytest.fixture
-def processes():
-    started: list[Headless] = []
-    yield started
-    for process in started:
-        process.close()
 
 
 def identity(process: Headless) -> str:
@@ -77,17 +67,6 @@ def requests_of(config) -> list[req.Request]:
 
 def run_row(config, run_id: int) -> dict[str, Any]:
     return next(r for r in runs_table(config) if r["id"] == run_id)
-
-
-async def until(pilot, condition, what: str, deadline: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def log_has(app: EmpsyncApp, *needles: str) -> bool:

@@ -42,22 +42,9 @@ from tui.screens.rejects import RejectsScreen
 from tui.screens.runs import RunChangesScreen, RunsScreen
 
 from .conftest import employee, run_cli, write_docs, write_toml
-
-DEADLINE_S = 60.0
+from .service_support import until
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def until(pilot, condition: Callable[[], Any], what: str, deadline: float = DEADLINE_S) -> Any:
-    """Let the App run until ``condition()`` is truthy; fail naming ``what`` after a generous deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def console(config, **kwargs) -> tuple[EmpsyncApp, SyncService]:

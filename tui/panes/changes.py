@@ -133,9 +133,7 @@ class ChangesPane(Vertical):
 
     def add(self, records: Iterable[Any]) -> None:
         """New changes from the service (``core.events.ChangeRecord``), oldest first."""
-        new = [
-            Change(next(self._seq), r.at, r.document_id, r.operation, r.field, r.old, r.new, r.name) for r in records
-        ]
+        new = [self._change(r, next(self._seq)) for r in records]
         if not new:
             return
         self.buffer.extend(new)
@@ -162,19 +160,7 @@ class ChangesPane(Vertical):
         known = {c.key for c in self.buffer}
         if needle:
             known |= {c.key for c in self.extra}
-        older = [
-            Change(
-                next(self._low_seq),
-                row.get("changed_at"),
-                str(row.get("document_id")),
-                str(row.get("operation")),
-                row.get("field"),
-                row.get("old_value"),
-                row.get("new_value"),
-                row.get("name"),
-            )
-            for row in rows
-        ]
+        older = [self._change(r, next(self._low_seq)) for r in records_of(rows)]
         older = [c for c in older if c.key not in known]
         if not older:
             return
@@ -216,6 +202,10 @@ class ChangesPane(Vertical):
         self._titles()
 
     # -- internals -------------------------------------------------------------------
+
+    @staticmethod
+    def _change(r: ChangeRecord, seq: int) -> Change:
+        return Change(seq, r.at, r.document_id, r.operation, r.field, r.old, r.new, r.name)
 
     def _columns(self) -> None:
         table = self.table
