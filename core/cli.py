@@ -458,7 +458,26 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
                 print_error("nothing rolled back", "run again with --yes to skip this question (no terminal: --yes)")
                 return EXIT_USAGE
         result = engine.rollback(args.run, dry_run=args.dry_run, hold=args.hold, cascade=args.cascade, trigger="cli")
+        if result.exit_code == EXIT_LOCKED:  # a service leads: it rolls back, holding the lock
+            result = rolled_back_by_the_leader(engine, args, result)
+            if isinstance(result, int):
+                return result
     return _report(args, result)
+
+
+def rolled_back_by_the_leader(engine: SyncEngine, args: argparse.Namespace, locked: RunResult) -> RunResult | int:
+    from .remote import LeaderGone, NoLiveLeader, StoppedWaiting, ask_leader
+
+    payload = {"run": args.run, "hold": args.hold, "cascade": args.cascade}
+    try:
+        answer = ask_leader(engine, "rollback", payload)
+    except StoppedWaiting as exc:
+        print_error(exc.message, exc.hint)
+        return 130
+    except (NoLiveLeader, LeaderGone) as exc:
+        status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
+        return replace(locked, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+    return answer.result if answer.result is not None else locked
 
 
 def _report(args: argparse.Namespace, result) -> int:
