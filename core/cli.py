@@ -340,7 +340,10 @@ def made_by_the_leader(
     process's; or the exit code, when all is said (only queued, or stopped).
     Progress lines go to a terminal only.
     """
-    from .remote import LeaderGone, NoLiveLeader, StoppedWaiting, ask_leader
+    from .remote import LeaderGone, NoLiveLeader, StoppedWaiting, a_service_may_answer, ask_leader
+
+    if not a_service_may_answer(engine):  # a one-shot run holds the lock: exit 3 at once, as ever
+        return locked, None
 
     def progress(line: str) -> None:
         if sys.stderr.isatty():

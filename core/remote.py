@@ -7,7 +7,8 @@ core/presence.py) takes it within a second or two, runs it with trigger
 run would have been printed, with the same exit code. When no live leader
 takes it within ``CLAIM_WAIT_S`` (the lock is held by a one-shot run, or by a
 service that is wedged or too old to take requests), the request is withdrawn
-and the command exits 3 saying so. While a live leader is seen, the wait goes
+and the command exits 3 saying so; when nothing says a service holds the lock
+at all (a one-shot run does), it is not even asked. While a live leader is seen, the wait goes
 on: it may be finishing a long run before it looks.
 
 Ctrl-C withdraws a request no leader has taken yet; one already taken stays
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import requests as req
+from . import state as keys
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError, LockHeld
 from .presence import LIVE_S, live_leader
@@ -59,6 +61,17 @@ class Answer:
         return {"request_id": self.request_id, "status": req.QUEUED, "kind": self.kind, "leader": self.leader}
 
 
+def a_service_may_answer(engine: SyncEngine) -> bool:
+    """Whether the lock's holder may be a service that takes requests.
+
+    A service names itself in the leader key as soon as it leads, and its
+    heartbeat follows within a second; a one-shot ``empsync sync`` does
+    neither, so asking it would only cost ``CLAIM_WAIT_S`` of waiting.
+    """
+    values = engine.state.get_all()
+    return bool(values.get(keys.LEADER)) or live_leader(values) is not None
+
+
 def ask_leader(
     engine: SyncEngine,
     kind: str,
@@ -67,7 +80,6 @@ def ask_leader(
     wait: bool = True,
     progress: Callable[[str], None] = lambda line: None,
     stop: threading.Event | None = None,
-    clock: Callable[[], float] = time.monotonic,
 ) -> Answer:
     """Queue a ``kind`` run for the leader and follow it.
 
@@ -78,7 +90,7 @@ def ask_leader(
     row = requests.queue(kind, "cli", whoami(), payload)
     stop = stop or threading.Event()
     try:
-        request = _follow(engine, requests, row, wait, progress, stop, clock)
+        request = _follow(engine, requests, row, wait, progress, stop)
     except (KeyboardInterrupt, StoppedWaiting):
         current = requests.get(row)
         if current is not None and current.status == req.QUEUED and requests.cancel(row):
@@ -104,10 +116,9 @@ def _follow(
     wait: bool,
     progress: Callable[[str], None],
     stop: threading.Event,
-    clock: Callable[[], float],
 ) -> Request:
     """Poll the row until it ends (or, without ``wait``, until a live leader is seen)."""
-    start = clock()
+    start = time.monotonic()
     claim_deadline = start + CLAIM_WAIT_S
     claimer_seen = start
     said: set[str] = set()
@@ -118,7 +129,7 @@ def _follow(
         if request.is_final:
             return request
         live = live_leader(engine.state.get_all())
-        now = clock()
+        now = time.monotonic()
         alive = live is not None and live.fresh()
         if request.status == req.QUEUED:
             if alive:
@@ -166,13 +177,13 @@ def _doing(snapshot: dict[str, Any]) -> str:
 def _no_leader(engine: SyncEngine, row: int) -> tuple[str, str]:
     values = engine.state.get_all()
     live = live_leader(values)
-    holder = values.get("leader")
+    holder = values.get(keys.LEADER)
     if live is not None:
         why = f"the leader {live.service} last answered at {live.at.isoformat(timespec='seconds')}Z"
     elif holder:
         why = f"{holder} holds the sync lock but takes no requests (an empsync older than this one?)"
     else:
-        why = "the sync lock is held by a process that takes no requests (a one-shot `empsync sync`?)"
+        why = "the process that holds the sync lock takes no requests"
     return (
         f"no live leader took request #{row} within {CLAIM_WAIT_S:.0f} s: {why}; withdrew it",
         "run it again when the lock is free, or see `empsync status`",

@@ -79,7 +79,7 @@ def status_text(s: dict[str, Any]) -> str:
             ("last run", f"#{last['id']} {last['kind']} {last['status']} ({last['duration_ms']} ms)" if last else None),
             ("rows", f"{s['rows']} ({s['soft_deleted']} soft-deleted, {s['rejects']} rejected documents)"),
             ("documents", s["documents"]),
-            ("leader", s["leader"]),
+            ("leader", leader_text(s)),
             (
                 "source",
                 f"{src['project']}/{src['database']}/{src['collection']}"
@@ -89,6 +89,16 @@ def status_text(s: dict[str, Any]) -> str:
             ("mass-delete guard", guard_text(s.get("mass_delete_guard"))),
         ]
     )
+
+
+def leader_text(s: dict[str, Any]) -> str | None:
+    """The leader, and whether it answers (its published view is its heartbeat)."""
+    leader = s.get("leader")
+    if not leader or s.get("leader_alive") is None:
+        return leader
+    if s["leader_alive"]:
+        return f"{leader} ({s.get('leader_state') or 'alive'}, seen {s.get('leader_seen_at')})"
+    return f"{leader} (not answering since {s.get('leader_seen_at')})"
 
 
 def guard_text(guard: dict[str, Any] | None) -> str | None:

@@ -28,13 +28,12 @@ from .db import Database
 from .state import utcnow
 
 QUEUED, CLAIMED, RUNNING, DONE, FAILED, EXPIRED = "queued", "claimed", "running", "done", "failed", "expired"
-OPEN = (QUEUED, CLAIMED, RUNNING)
 FINAL = (DONE, FAILED, EXPIRED)
 
 # A request no leader took within this long is expired: it must not fire hours later,
 # when some process happens to start leading.
 TTL_S = 300.0
-# Finished rows are kept this long, for `empsync status` and the curious.
+# Finished rows are kept this long, for whoever looks into what was asked of the leader.
 KEEP_DAYS = 7
 CLAIM_BATCH = 20
 

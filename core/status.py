@@ -13,6 +13,7 @@ from typing import Any
 from . import state as keys
 from .engine import SyncEngine
 from .errors import EmpsyncError
+from .presence import live_leader
 from .rollups import DAYS, HOURS, rollup
 from .state import iso, parse_iso, utcnow
 
@@ -84,6 +85,7 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
         "documents": documents,
         "documents_counted_at": counted_at,
         "leader": values.get(keys.LEADER),
+        **_leader_heartbeat(values),
         "watermark": values.get(keys.WATERMARK),
         "source": {
             "project": s.project,
@@ -99,6 +101,14 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
         "last_verify": values.get(keys.LAST_VERIFY),
         "mass_delete_guard": _json_value(values.get(keys.MASS_DELETE_GUARD)),
     }
+
+
+def _leader_heartbeat(values: dict[str, str | None]) -> dict[str, Any]:
+    """Whether the leader answers: when it last published its view, and what it was doing."""
+    live = live_leader(values)
+    if live is None:
+        return {"leader_alive": None, "leader_seen_at": None, "leader_state": None}
+    return {"leader_alive": live.fresh(), "leader_seen_at": iso(live.at), "leader_state": live.snapshot.get("state")}
 
 
 def _json_value(text: str | None) -> Any:

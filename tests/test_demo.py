@@ -82,11 +82,16 @@ def test_headless_demo_seeds_syncs_edits_rejects_and_leaves_nothing_running(tmp_
     try:
         # The seeded employees arrive…
         wait_for(
-            lambda: query(db, "SELECT COUNT(*) FROM employees")[0][0] >= 60 if query(db, "SELECT 1") else 0, 90, "seed"
+            # (No row at all while the file exists but its tables are still being created.)
+            lambda: (query(db, "SELECT COUNT(*) FROM employees") or [(0,)])[0][0] >= 60,
+            90,
+            "seed",
         )
         # …then the simulated app's edits, and its invalid documents become rejects with reasons.
         wait_for(
-            lambda: query(db, "SELECT COUNT(*) FROM empsync_changes WHERE operation = 'update'")[0][0] > 5, 90, "edits"
+            lambda: (query(db, "SELECT COUNT(*) FROM empsync_changes WHERE operation = 'update'") or [(0,)])[0][0] > 5,
+            90,
+            "edits",
         )
         rejects = wait_for(lambda: query(db, "SELECT document_id, field, reason FROM empsync_rejects"), 120, "a reject")
         assert all(reason.startswith(f"{field}:") for _, field, reason in rejects)

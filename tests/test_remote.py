@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import socket
 from datetime import timedelta
@@ -220,6 +221,11 @@ def test_sync_force_while_a_service_leads_prints_that_runs_result(
     request = requests_of(config)[-1]
     assert (request.trigger, request.status, request.run_id, request.result) == ("cli", req.DONE, run["id"], result)
 
+    status = json.loads(run_cli("status", "--json", "--config", str(path)).stdout)
+    assert status["leader"] == identity(leader) and status["leader_alive"] is True and status["leader_state"]
+    shown = run_cli("sync", "--status", "--config", str(path)).stdout
+    assert re.search(rf"^leader +{re.escape(identity(leader))} \(\w+, seen \S+Z\)$", shown, re.M), shown
+
     text_form = run_cli("sync", "--force", "--config", str(path))
     assert text_form.returncode == 0, text_form.stderr
     assert text_form.stdout.startswith("force sync ok: 5 fetched, 0 inserted, 0 updated"), text_form.stdout
@@ -232,6 +238,24 @@ def test_sync_force_while_a_service_leads_prints_that_runs_result(
         lambda: (r := {x.id: x for x in requests_of(config)}[answer["request_id"]]).is_final and r, 30, "the run"
     )
     assert final.status == req.DONE and run_row(config, final.run_id)["pid"] == leader.pid
+
+    # Selected documents: a run of kind ids, their list carried in the request.
+    selected = run_cli("sync", "--id", "e2", "--id", "e4", "--json", "--config", str(path))
+    assert selected.returncode == 0, selected.stderr
+    ids_run = json.loads(selected.stdout)
+    assert (ids_run["kind"], ids_run["fetched"]) == ("ids", 2) and run_row(config, ids_run["run_id"])[
+        "pid"
+    ] == leader.pid
+    assert requests_of(config)[-1].payload == {"ids": ["e2", "e4"]}
+
+    # A kind this leader does not know (a newer empsync asked): failed with the reason, not left waiting.
+    engine = SyncEngine(config)
+    try:
+        unknown = Requests(engine.db).queue("frobnicate", "cli", "newer:1", {"x": 1})
+    finally:
+        engine.close()
+    failed = wait_for(lambda: (r := {x.id: x for x in requests_of(config)}[unknown]).is_final and r, 30, "an answer")
+    assert failed.status == req.FAILED and "does not run requests of kind 'frobnicate'" in failed.result["reason"]
 
     # A plain `sync` from cron, when due: exit 3 at once, as before; with --wait the leader makes a normal run.
     engine = SyncEngine(config)
@@ -250,16 +274,24 @@ def test_sync_force_while_a_service_leads_prints_that_runs_result(
 
 
 def test_no_live_leader_takes_the_request_exit_3(make_config, mysql_url, tmp_path):
-    """The lock is held by something that takes no requests (a one-shot run, an older empsync)."""
+    """The lock is held by something that takes no requests: a one-shot run, or an older empsync."""
     config = make_config(mysql_url, sync={"interval": 300, "force_interval": 3600})
     path = write_toml(tmp_path / "sync.toml", config)
     engine = create_engine(mysql_url)
     holder = make_lock(engine, config.target.table)
+    state = SyncEngine(config)
     try:
         assert holder.acquire()
+        # A one-shot run names no leader: nothing to ask, exit 3 at once as ever.
+        one_shot = run_cli("sync", "--force", "--config", str(path))
+        assert one_shot.returncode == 3 and one_shot.stderr.startswith("empsync: skipped: the sync lock is held")
+        assert requests_of(config) == []
+
+        state.state.set(leader="old-empsync:77")  # a leader that publishes no heartbeat
         done = run_cli("sync", "--force", "--config", str(path))
         assert done.returncode == 3, (done.stdout, done.stderr)
         assert "no live leader took request #1 within 5 s" in done.stderr and "withdrew it" in done.stderr
+        assert "old-empsync:77 holds the sync lock but takes no requests" in done.stderr
         assert "Traceback" not in done.stderr
         as_json = run_cli("sync", "--force", "--json", "--config", str(path))
         assert as_json.returncode == 3
@@ -269,6 +301,7 @@ def test_no_live_leader_takes_the_request_exit_3(make_config, mysql_url, tmp_pat
     finally:
         holder.release()
         engine.dispose()
+        state.close()
 
 
 def test_a_standby_api_forwards_triggers_to_the_leader(make_config, mysql_url, firestore_client, tmp_path, processes):

@@ -291,7 +291,7 @@ def test_no_wait_returns_once_a_live_leader_is_seen(asking):
 
 
 def test_nobody_answers_and_the_request_is_withdrawn(asking):
-    with pytest.raises(remote.NoLiveLeader, match="takes no requests") as caught:
+    with pytest.raises(remote.NoLiveLeader, match="holds the sync lock takes no requests") as caught:
         remote.ask_leader(asking, "force")
     assert caught.value.exit_code == 3
     assert Requests(asking.db).get(1).status == req.EXPIRED
