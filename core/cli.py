@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--yes", action="store_true", help="run even when it costs more reads than [sync] verify_max_reads")
 
+    p = sub.add_parser("notify", parents=[common], help="the notification receivers; --test sends a test message")
+    p.add_argument("--test", action="store_true", help="send a test message to every receiver and report each")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = sub.add_parser(
         "demo", parents=[common], help="a local emulator, sample employees and a simulated app, in the console"
     )
@@ -302,6 +306,12 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     return run_verify(config, as_json=args.json, yes=args.yes)
 
 
+def cmd_notify(args: argparse.Namespace, config: Config) -> int:
+    from .notify import run_notify_command
+
+    return run_notify_command(config, test=args.test, as_json=args.json)
+
+
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     from .demo import run_demo
 
@@ -330,6 +340,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "pause": cmd_pause,
     "resume": lambda a, c: cmd_pause(a, c, paused=False),
     "verify": cmd_verify,
+    "notify": cmd_notify,
 }
 
 

@@ -47,6 +47,7 @@ class BatchApplied(Event):
     counts: dict[str, int]
     changes: tuple[ChangeRecord, ...] = ()
     rejects: tuple[tuple[str, str], ...] = ()  # (document id, reason)
+    new_rejects: tuple[str, ...] = ()  # the ids among rejects that were not rejected before
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,18 @@ class StatusChanged(Event):
     state: str  # idle | syncing | paused | disabled | standby | error | listening | reconnecting | ...
     detail: str = ""
     snapshot: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NotificationSent(Event):
+    """The outcome of one notification to one receiver (core/notify.py); ``ok`` False: it was given up."""
+
+    kind: str
+    title: str
+    receiver: str
+    ok: bool
+    attempts: int
+    detail: str = ""
 
 
 @dataclass(frozen=True)

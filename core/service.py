@@ -11,6 +11,7 @@ once, not once per missed interval.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -30,6 +31,7 @@ from .errors import EmpsyncError
 from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from .live import LiveMirror
 from .lock import SyncLock, make_lock
+from .notify import Notifier
 from .state import iso, parse_iso, utcnow, whoami
 from .status import build_stats, build_status
 
@@ -102,11 +104,19 @@ class SyncService:
         self._pending: dict[str, Ticket] = {}
         self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
+        self.notifier: Notifier | None = None
+        if config.notify.receivers:
+            self.notifier = Notifier(
+                config, identity=self.identity, snapshot=self.snapshot, record=self._record_notify, emit=self.bus.emit
+            )
+            self.bus.subscribe(self.notifier.observe)
 
     # -- the face-facing API (any thread, returns at once) ----------------------
 
     def start(self) -> SyncService:
         if self._thread is None:
+            if self.notifier is not None:
+                self.notifier.start()
             self._thread = threading.Thread(target=self._main, name="empsync-worker", daemon=True)
             self._thread.start()
         return self
@@ -117,8 +127,9 @@ class SyncService:
         self._commands.put(("wake", None))
         if self._thread is not None:
             self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+        if self.notifier is not None:
+            self.notifier.stop()
+        return self._thread is None or not self._thread.is_alive()
 
     @property
     def alive(self) -> bool:
@@ -269,6 +280,9 @@ class SyncService:
                 self._run_pending_requests()
             if self._stop.is_set():
                 return
+
+    def _record_notify(self, outcome: dict[str, Any]) -> None:
+        self.engine.state.set(**{keys.NOTIFY: json.dumps(outcome)})
 
     def _store(self, **values: Any) -> None:
         try:

@@ -172,10 +172,11 @@ def run_cli(
 def write_toml(path: Path, config: cfg.Config) -> Path:
     """The TOML file for a Config, for subprocess tests."""
     lines = []
-    for section in ("source", "target", "sync", "api"):
+    for section in ("source", "target", "sync", "api", "notify"):
         lines.append(f"[{section}]")
         for key, value in vars(getattr(config, section)).items():
-            lines.append(f"{key} = {_toml(value)}")
+            if f"{section}.{key}" not in cfg.ENV_ONLY:
+                lines.append(f"{key} = {_toml(value)}")
     for spec in config.fields:
         lines.append(f'[fields."{spec.path}"]')
         lines.append(f'type = "{spec.type}"')
@@ -192,4 +193,6 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
