@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import INTERVAL_MAX, INTERVAL_MIN, ApiConfig
+from .config import INTERVAL_MAX, INTERVAL_MIN, ApiConfig, check_document_ids
 from .errors import ConfigError, EmpsyncError
 from .metrics import Metrics
 from .service import SyncService
@@ -63,6 +63,8 @@ ROUTES: dict[str, set[str]] = {
     f"{PREFIX}/stats": {"GET"},
     f"{PREFIX}/trigger": {"POST"},
     f"{PREFIX}/interval": {"POST"},
+    f"{PREFIX}/rollback": {"POST"},
+    f"{PREFIX}/runs": {"GET"},
     "/healthz": {"GET"},
     "/metrics": {"GET"},
 }
@@ -145,6 +147,23 @@ def _listen(api: ApiConfig) -> socket.socket:
                 "api.host", f"{api.host} is not an address of this machine", "use 127.0.0.1, or one of its addresses"
             ) from None
         raise ConfigError("api.host", f"cannot listen on {where} ({exc.strerror or exc})") from None
+
+
+MAX_IDS = 500  # per request; a longer list is a force run's job
+
+
+def _ids(body: dict[str, Any]) -> tuple[str, ...] | None:
+    if "ids" not in body:
+        return None
+    ids = body["ids"]
+    if not isinstance(ids, list):
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "ids must be an array of document ids")
+    if len(ids) > MAX_IDS:
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, f"ids: at most {MAX_IDS} per request, not {len(ids)}")
+    try:
+        return tuple(check_document_ids("ids", ids))
+    except ConfigError as exc:
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, exc.message.removeprefix("config error: ")) from None
 
 
 class ControlApi:
@@ -279,6 +298,10 @@ class ControlApi:
             return HTTPStatus.OK, self.service.snapshot(), ""
         if route.endswith("/stats"):
             return HTTPStatus.OK, self.service.stats(), ""
+        if route.endswith("/runs"):
+            return HTTPStatus.OK, self.service.runs(), ""
+        if route.endswith("/rollback"):
+            return self.rollback(payload)
         if route.endswith("/trigger"):
             force = payload.get("force", False)
             allow_mass_delete = payload.get("allow_mass_delete", False)
@@ -288,10 +311,18 @@ class ControlApi:
                 raise ApiError(
                     HTTPStatus.UNPROCESSABLE_ENTITY, "allow_mass_delete applies to a force run (force: true)"
                 )
+            ids = _ids(payload)
+            if ids is not None and (force or allow_mass_delete):
+                raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "ids syncs only those documents: no force with it")
             interval = _interval(payload, required=False)
             if interval is not None:
                 self.service.set_interval(interval)
-            ticket = self.service.force_sync("api", allow_mass_delete) if force else self.service.sync_now("api")
+            if ids is not None:
+                ticket = self.service.sync_ids(ids, "api")
+            elif force:
+                ticket = self.service.force_sync("api", allow_mass_delete)
+            else:
+                ticket = self.service.sync_now("api")
             snapshot = self.service.snapshot()
             return (
                 HTTPStatus.ACCEPTED,
@@ -301,6 +332,20 @@ class ControlApi:
         interval = _interval(payload, required=True)
         stored = self.service.set_interval(interval)
         return HTTPStatus.OK, {"interval": stored}, ""
+
+    def rollback(self, payload: dict[str, Any]) -> tuple[HTTPStatus, Any, str]:
+        run = payload.get("run")
+        if isinstance(run, bool) or not isinstance(run, int) or run < 1:
+            raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "run must be a run id (a positive integer)")
+        flags = {name: payload.get(name, False) for name in ("dry_run", "hold", "cascade")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "dry_run, hold and cascade must be true or false")
+        if flags["dry_run"]:  # only reads: answered now, with what would change
+            result = self.service.plan_rollback(run, cascade=flags["cascade"])
+            status = HTTPStatus.OK if result.status == "ok" else HTTPStatus.CONFLICT
+            return status, result.to_json(), ""
+        ticket = self.service.rollback(run, hold=flags["hold"], cascade=flags["cascade"], trigger="api")
+        return HTTPStatus.ACCEPTED, {"queued": ticket.to_json(), "state": self.service.snapshot().get("state")}, ""
 
     @staticmethod
     def parse(body: bytes) -> dict[str, Any]:

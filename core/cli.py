@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, check_interval, load
+from .config import Config, check_document_ids, check_interval, load
 from .errors import ConfigError, EmpsyncError
 
 if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it import it
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let a full read delete more rows than [target] max_delete_fraction allows",
     )
+    p.add_argument(
+        "--id",
+        action="append",
+        dest="ids",
+        metavar="ID",
+        help="sync exactly this document (repeatable); a run of kind ids",
+    )
+    p.add_argument("--ids-from", metavar="FILE", help="sync the document ids in FILE, one a line (- reads stdin)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     for name, text in (
@@ -99,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("pause", parents=[common], help="pause scheduled runs (stored in the database)")
     sub.add_parser("resume", parents=[common], help="resume scheduled runs")
+
+    p = sub.add_parser("runs", parents=[common], help="the run history: counts, reads, durations, errors")
+    p.add_argument("--limit", type=whole_number, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("rollback", parents=[common], help="put back what a run changed (a run of kind rollback)")
+    p.add_argument("run", type=whole_number, metavar="RUN_ID", help="the run, as `empsync runs` lists it")
+    p.add_argument("--dry-run", action="store_true", help="list what would change; write nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--hold", action="store_true", help="keep these documents out of every sync (until release) instead of pausing"
+    )
+    p.add_argument("--cascade", action="store_true", help="also roll back later runs that changed the same rows")
+
+    p = sub.add_parser("release", parents=[common], help="let documents held by a rollback sync again")
+    p.add_argument("ids", nargs="*", metavar="ID", help="the documents to release")
+    p.add_argument("--all", action="store_true", help="release every held document")
 
     p = sub.add_parser("verify", parents=[common], help="compare Firestore with the table without writing")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -170,6 +196,7 @@ def open_engine(config: Config, schema: bool = True) -> Iterator[SyncEngine]:
 
 
 def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    ids = selected_ids(args)
     with open_engine(config, schema=False) as engine, interruptible() as stopped:  # the run ensures the schema
         try:
             result = engine.run(
@@ -179,6 +206,7 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
                 trigger="cli",
                 allow_mass_delete=args.allow_mass_delete,
                 stop=stopped.event,
+                ids=ids,
             )
         except KeyboardInterrupt:  # the second signal: no waiting for the batch
             try:
@@ -200,6 +228,44 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
 
         emit_text(sync_summary(result))
     return 128 + interrupted if interrupted else result.exit_code
+
+
+MAX_IDS = 100_000  # a longer list is a full read's job (empsync sync --force)
+MAX_IDS_FILE_BYTES = 160 * 1024 * 1024  # 100,000 ids of 1,500 bytes and their newlines
+
+
+def selected_ids(args: argparse.Namespace) -> list[str] | None:
+    """The ids of ``--id`` and ``--ids-from`` (distinct, in order), or None for a run of everything."""
+    given = list(args.ids or [])
+    if args.ids_from is not None:
+        given += read_id_lines(args.ids_from)
+    if not given and args.ids is None and args.ids_from is None:
+        return None
+    if args.force or args.allow_mass_delete:
+        raise UsageError("empsync sync: --id and --ids-from sync only those documents; they take no --force")
+    if len(given) > MAX_IDS:
+        raise ConfigError("--ids-from", f"{len(given):,} ids, more than {MAX_IDS:,}", "run empsync sync --force")
+    return check_document_ids("--id" if args.ids_from is None else "--ids-from", given)
+
+
+def read_id_lines(path: str) -> list[str]:
+    """One id a line; only the line ending is taken off (an id may start or end with a space)."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_IDS_FILE_BYTES + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_IDS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError("--ids-from", f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_IDS_FILE_BYTES:
+        raise ConfigError("--ids-from", f"{path} is larger than {MAX_IDS_FILE_BYTES // 2**20} MB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--ids-from", f"{path} is not UTF-8 text (at byte {exc.start})") from None
+    lines = (line.removesuffix("\r") for line in text.split("\n"))  # not splitlines(): it splits at \x1c too
+    return [line for line in lines if line]
 
 
 class Interrupted:
@@ -300,6 +366,66 @@ def cmd_pause(args: argparse.Namespace, config: Config, paused: bool = True) -> 
     return EXIT_OK
 
 
+def cmd_runs(args: argparse.Namespace, config: Config) -> int:
+    from .render import jsonable, runs_text
+
+    if args.limit < 1:
+        raise ConfigError("--limit", "must be at least 1")
+    with open_engine(config) as engine, engine.db.connect() as conn:
+        rows = engine.state.recent_runs(conn, limit=min(args.limit, 10_000))
+    emit_json([jsonable(r) for r in rows]) if args.json else emit_text(runs_text(rows))
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
+    from .render import sync_summary
+
+    with open_engine(config) as engine:
+        if not args.dry_run and not args.yes:
+            preview = engine.rollback(args.run, dry_run=True, cascade=args.cascade)
+            if preview.status != "ok":
+                return _report(args, preview)
+            if not confirm(f"{sync_summary(preview)}\nRoll back? [y/N] "):
+                print_error("nothing rolled back", "run again with --yes to skip this question (no terminal: --yes)")
+                return EXIT_USAGE
+        result = engine.rollback(args.run, dry_run=args.dry_run, hold=args.hold, cascade=args.cascade, trigger="cli")
+    return _report(args, result)
+
+
+def _report(args: argparse.Namespace, result) -> int:
+    from .render import sync_summary
+
+    if args.json:
+        emit_json(result.to_json())
+    elif result.exit_code:
+        print_error(result.reason, result.hint)
+    else:
+        emit_text(sync_summary(result))
+    return result.exit_code
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; without one there is nobody to ask, which is a no."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def cmd_release(args: argparse.Namespace, config: Config) -> int:
+    from .rollback import release
+
+    if args.all == bool(args.ids):
+        raise UsageError("empsync release: give document ids or --all")
+    ids = None if args.all else check_document_ids("release", args.ids)
+    with open_engine(config) as engine:
+        released = release(engine, ids)
+    emit_text(f"released {released} held document{'' if released == 1 else 's'}; they sync again from the next run")
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     from .verify import run_verify
 
@@ -340,6 +466,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "pause": cmd_pause,
     "resume": lambda a, c: cmd_pause(a, c, paused=False),
     "verify": cmd_verify,
+    "runs": cmd_runs,
+    "rollback": cmd_rollback,
+    "release": cmd_release,
     "notify": cmd_notify,
 }
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .conditions import Condition, load_conditions
 from .errors import ConfigError
 
 # Validating patterns are used with fullmatch: ``$`` would also match before a final newline.
@@ -68,6 +69,8 @@ class SourceConfig:
     timeout: int = 60
     # The least margin a resume point keeps before the newest time seen; the measured commit lag widens it.
     watermark_margin_ms: int = 100
+    # [[source.where]]: only documents meeting every condition are mirrored (core.conditions).
+    where: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,9 @@ def from_dict(
             if f"{name}.{key}" in ENV_ONLY:
                 var = ENV_ONLY[f"{name}.{key}"]
                 raise ConfigError(f"{name}.{key}", "is read from the environment only", f"set {var} instead")
+            if (name, key) == ("source", "where"):
+                values[key] = load_conditions(value, field_path_problem)
+                continue
             values[key] = _check_type(cls, f"{name}.{key}", key, value)
         if name == "sync" and "interval" in values:
             interval_source = "file"
@@ -335,6 +341,37 @@ def field_path_problem(path: str) -> str | None:
         if _RESERVED_SEGMENT.fullmatch(segment):
             return f"{path!r} has the segment {segment!r}: Firestore reserves names of the form __name__"
     return None
+
+
+def document_id_problem(doc_id: Any) -> str | None:
+    """Why ``doc_id`` cannot be a Firestore document id, or None."""
+    if not isinstance(doc_id, str) or not doc_id:
+        return "an id must be non-empty text"
+    if "/" in doc_id:
+        return f"{doc_id[:40]!r} holds a /, which no document id can"
+    if doc_id in (".", ".."):
+        return f"{doc_id!r} is not a document id"
+    if _RESERVED_SEGMENT.fullmatch(doc_id):
+        return f"{doc_id[:40]!r}: Firestore reserves ids of the form __name__"
+    try:
+        size = len(doc_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{doc_id[:40]!r} is not valid Unicode text"
+    if size > FIELD_PATH_MAX_BYTES:
+        return f"an id of {size:,} bytes is longer than Firestore's {FIELD_PATH_MAX_BYTES:,}"
+    return None
+
+
+def check_document_ids(key: str, ids: Iterable[Any]) -> list[str]:
+    """Distinct valid document ids, in order; ``ConfigError`` naming ``key`` for the first bad one."""
+    wanted: dict[str, None] = {}
+    for doc_id in ids:
+        if problem := document_id_problem(doc_id):
+            raise ConfigError(key, problem)
+        wanted[doc_id] = None
+    if not wanted:
+        raise ConfigError(key, "no document ids given")
+    return list(wanted)
 
 
 def _load_fields(raw: Any) -> tuple[FieldSpec, ...]:

@@ -14,12 +14,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import state as keys
+from .conditions import matches
 from .config import Config
 from .db import Database
 from .diff import Decision, Op, decide
@@ -85,6 +86,8 @@ class RunResult:
     retry: bool = True
     # Read only what changed since the watermark (False: a full read, which also finds deletions).
     incremental: bool = False
+    # A rollback's runs, newest first.
+    rolled_back: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -101,6 +104,8 @@ class RunResult:
         }
         if self.dry_run:
             out["changes"] = self.would_change
+        if self.kind == "rollback":
+            out["rolled_back"] = self.rolled_back
         return out
 
 
@@ -198,23 +203,78 @@ class SyncEngine:
         lock: SyncLock | None = None,
         stop: threading.Event | None = None,
         allow_mass_delete: bool = False,
+        ids: Sequence[str] | None = None,
     ) -> RunResult:
         """One sync run. ``when_due``: skip unless enabled, unpaused and due.
 
+        ``ids``: a run of kind ``ids``, exactly those documents (see ``_run_ids``).
         With ``lock`` the caller already holds the sync lock (a leading
         service); otherwise the run takes it and gives it back.
         """
-        started = time.monotonic()
-        kind = "force" if force else "normal"
+        kind = "ids" if ids is not None else "force" if force else "normal"
         result = RunResult(status="ok", forced=force, dry_run=dry_run, kind=kind, trigger=trigger, started_at=utcnow())
+        halt = stop or threading.Event()
+        if ids is not None:
+            wanted = list(dict.fromkeys(ids))  # distinct, in the order asked
+            return self.locked(result, lambda held: self._run_ids(result, halt, held, wanted), lock)
+        due = self.not_due_reason if when_due and not force and not dry_run else None
+        return self.locked(result, lambda held: self._run(result, halt, held, allow_mass_delete), lock, due)
+
+    def rollback(
+        self,
+        run_id: int,
+        *,
+        dry_run: bool = False,
+        hold: bool = False,
+        cascade: bool = False,
+        trigger: str = "cli",
+        lock: SyncLock | None = None,
+    ) -> RunResult:
+        """Put back what run ``run_id`` changed (see ``core.rollback``); a run of kind ``rollback``.
+
+        A dry run only reads, so it needs no lock and works while a service leads.
+        """
+        from .rollback import Rollback
+
+        result = RunResult(status="ok", dry_run=dry_run, kind="rollback", trigger=trigger, started_at=utcnow())
+
+        def work(held: SyncLock | None) -> None:
+            undo = Rollback(self)
+            plan = undo.plan(run_id, cascade)
+            result.rolled_back, result.would_change = plan.runs, plan.describe()
+            for operation, n in plan.counts().items():
+                name = {"insert": "inserted", "update": "updated", "delete": "deleted", "restore": "restored"}[
+                    operation
+                ]
+                setattr(result.counts, name, n)
+            if dry_run:
+                result.reason = (
+                    f"would put back {len(plan.changed)} rows of run(s) {', '.join(f'#{r}' for r in plan.runs)}"
+                )
+                return
+            result.counts = Counts()
+            undo.apply(result, plan, hold=hold, lock=held)
+
+        return self.locked(result, work, lock, need_lock=not dry_run)
+
+    def locked(
+        self,
+        result: RunResult,
+        work: Callable[[SyncLock | None], None],
+        lock: SyncLock | None = None,
+        not_due: Callable[[], str | None] | None = None,
+        need_lock: bool = True,
+    ) -> RunResult:
+        """Do ``work`` holding the sync lock, and turn what goes wrong into ``result``: any kind of run."""
+        started = time.monotonic()
         own_lock: SyncLock | None = None
         try:
             self.db.ensure_schema()
             # A dry run answers "what would change now?": it is never "not due".
-            if when_due and not force and not dry_run and (reason := self.not_due_reason()):
+            if not_due is not None and (reason := not_due()):
                 result.status, result.reason = "skipped", reason
                 return result
-            if lock is None:
+            if need_lock and lock is None:
                 own_lock = make_lock(self.db.engine, self.config.target.table)
                 if not own_lock.acquire():
                     leader = self.state.get(keys.LEADER) or "another process"
@@ -222,12 +282,12 @@ class SyncEngine:
                         f"skipped: the sync lock is held by {leader}", "a service is running; it syncs on its own"
                     )
                 self.state.close_interrupted_runs()
-            elif not lock.still_held():
+            elif need_lock and lock is not None and not lock.still_held():
                 raise LockHeld(
                     "skipped: the sync lock was lost (its database connection ended)",
                     "the service syncs again once it holds the lock",
                 )
-            self._run(result, stop or threading.Event(), lock or own_lock, allow_mass_delete)
+            work(lock or own_lock)
         except LockHeld as exc:
             result.status, result.reason, result.hint, result.exit_code = (
                 "skipped",
@@ -249,8 +309,9 @@ class SyncEngine:
         finally:
             if own_lock is not None:
                 own_lock.release()
-            result.duration_ms = int((time.monotonic() - started) * 1000)
-        if result.status == "failed" and not dry_run:
+            if not result.duration_ms:
+                result.duration_ms = int((time.monotonic() - started) * 1000)
+        if result.status == "failed" and not result.dry_run:
             self._record_failure(result)
         return result
 
@@ -339,20 +400,69 @@ class SyncEngine:
             raise blocked
         self.bus.emit(SyncFinished(utcnow(), result))
 
-    def _finish(self, run: _Run, result: RunResult, blocked: MassDeleteBlocked | None) -> None:
-        """Record a run that read to the end: its row, the last-sync times, the log line."""
+    def _run_ids(self, result: RunResult, stop: threading.Event, lock: SyncLock | None, ids: list[str]) -> None:
+        """Exactly these documents: one billed read each, through the same batch path as any run.
+
+        A document that does not exist is gone (``delete_mode``). The
+        watermark and the last-sync times stay as they are: the schedule
+        does not count this run. Values are compared, not only hashes, so the
+        rows asked for are also healed of drift.
+        """
+        values = self.state.get_all()
+        run = _Run(
+            run_id=None if result.dry_run else self.state.start_run("ids", result.trigger),
+            kind="ids",
+            dry_run=result.dry_run,
+            incremental=False,
+            now=result.started_at or utcnow(),
+            lock=lock,
+            verify=True,
+            full_read_at=self._full_read_at(values),
+            lag=stored_lag(values, keys.COMMIT_LAG_MS),
+        )
+        result.run_id = run.run_id
+        reads_before = self.source.meter.reads
+        self.bus.emit(SyncStarted(utcnow(), run.run_id, run.kind, result.trigger, run.dry_run))
+        log.info("Starting employee sync (%d selected employee%s)", len(ids), "" if len(ids) == 1 else "s")
+        try:
+            size = self.config.target.batch_size
+            for start in range(0, len(ids), size):
+                if stop.is_set():
+                    raise Cancelled("stopped before the run ended", "the rest of the ids were not read")
+                docs = self.source.get(ids[start : start + size])
+                run.counts.firestore_reads = self.source.meter.reads - reads_before
+                self._apply(docs, run)
+        except Exception as exc:
+            run.counts.firestore_reads = self.source.meter.reads - reads_before
+            result.counts = run.counts
+            if run.run_id is not None:
+                message = exc.message if isinstance(exc, EmpsyncError) else f"{type(exc).__name__}: {exc}"
+                self._safe_finish(
+                    run.run_id, "interrupted" if isinstance(exc, Cancelled) else "failed", run.counts, result, message
+                )
+            raise
+        run.counts.firestore_reads = self.source.meter.reads - reads_before
+        result.counts, result.would_change = run.counts, run.would_change
+        if run.dry_run:
+            return
+        self._finish(run, result, None, schedule=False)
+        self.bus.emit(SyncFinished(utcnow(), result))
+
+    def _finish(self, run: _Run, result: RunResult, blocked: MassDeleteBlocked | None, schedule: bool = True) -> None:
+        """Record a run that read to the end: its row, the last-sync times (``schedule``), the log line."""
         with self.db.connect() as conn:
             sizes = self.state.row_counts(conn)
         run.counts.naive_reads = sizes["rows"] + sizes["unmirrored_rejects"]
         duration_ms = int((utcnow() - run.now).total_seconds() * 1000)
         status = "failed" if blocked else "ok"
         self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else "")
-        # A blocked run still counts as the attempt: the schedule must not start another full read at once.
-        stamp: dict[str, Any] = {keys.LAST_SYNC_AT: iso(run.now), keys.LAST_STATUS: status}
-        stamp[keys.LAST_ERROR] = blocked.message[:500] if blocked else None
-        if result.forced:
-            stamp[keys.LAST_FORCE_SYNC_AT] = iso(run.now)
-        self.state.set(**stamp)
+        if schedule:
+            # A blocked run still counts as the attempt: the schedule must not start another full read at once.
+            stamp: dict[str, Any] = {keys.LAST_SYNC_AT: iso(run.now), keys.LAST_STATUS: status}
+            stamp[keys.LAST_ERROR] = blocked.message[:500] if blocked else None
+            if result.forced:
+                stamp[keys.LAST_FORCE_SYNC_AT] = iso(run.now)
+            self.state.set(**stamp)
         self.state.prune_changes(self.config.sync.audit_retention_days)
         result.duration_ms = duration_ms
         if blocked:
@@ -371,12 +481,18 @@ class SyncEngine:
         """One batch in one transaction. Documents with ``exists`` False are gone (listen mode)."""
         docs = newest_per_id(docs)
         fields = self.config.fields
+        conditions = self.config.source.where
         valid: list[tuple[SourceDoc, dict[str, Any], str]] = []
         rejected: list[Rejected] = []
         gone: list[str] = []
+        left: set[str] = set()  # documents that exist but do not meet [[source.where]]: gone for the mirror
         for doc in docs:
             if not doc.exists:
                 gone.append(doc.id)
+                continue
+            if conditions and not matches(conditions, doc.data):
+                gone.append(doc.id)
+                left.add(doc.id)
                 continue
             run.seen.add(doc.id)
             if doc.read_time is not None and (run.first_read_time is None or doc.read_time < run.first_read_time):
@@ -387,11 +503,17 @@ class SyncEngine:
                 rejected.append(Rejected(doc.id, exc.reject, doc.update_time))
                 continue
             valid.append((doc, row, content_hash(row)))
-        run.counts.fetched += len(docs) - len(gone)
-        run.counts.rejected += len(rejected)
 
         opener = self.db.connect if run.dry_run else self.db.begin
         with opener() as conn:
+            if held := self.mirror.held_among(conn, [doc.id for doc in docs]):
+                # Kept out of every sync by a rollback (--hold) until released: not read, not removed.
+                valid = [v for v in valid if v[0].id not in held]
+                rejected = [r for r in rejected if r.doc_id not in held]
+                gone = [i for i in gone if i not in held]
+                run.seen.update(held)
+            run.counts.fetched += len(docs) - len(gone) - len(held)
+            run.counts.rejected += len(rejected)
             stored = self.mirror.load(conn, [doc.id for doc, _, _ in valid] + gone)
             # Asked per batch, not remembered per run: another run (a poll while a listener
             # reconnects, a force run) may have recorded or cleared a reject meanwhile.
@@ -436,7 +558,8 @@ class SyncEngine:
         mode = self.config.target.delete_mode
         if removable and mode != "keep":  # listen mode: removals arrive with the stream, logged as a force run's
             for doc_id in removable[:LOG_CHANGES_PER_BATCH]:
-                log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
+                why = "no longer meets [[source.where]]; " if doc_id in left else ""
+                log.info("Employee deleted: %s (%s%s)", doc_id, why, "soft delete" if mode == "soft" else "row removed")
         self._announce(run, plans, rejected, audit, new_rejects)
 
     def _decide(
@@ -565,6 +688,8 @@ class SyncEngine:
                 live += 1
                 if doc_id not in run.seen:
                     gone.append(doc_id)
+            if gone and (held := self.mirror.held_among(conn, gone)):
+                gone = [i for i in gone if i not in held]  # a held row stays until it is released
             stale_rejects = sorted(self.state.reject_ids(conn) - run.seen)
         blocked = None
         if not run.seen and (gone or stale_rejects):
@@ -729,6 +854,8 @@ class SyncEngine:
                 live += 1
                 if doc_id not in present:
                     gone.append(doc_id)
+            if gone and (held := self.mirror.held_among(conn, gone)):
+                gone = [i for i in gone if i not in held]
         if not gone:
             return 0
         if not present:
@@ -759,11 +886,12 @@ class SyncEngine:
             pass  # the database is what failed; the next run marks this one interrupted
 
     def _record_failure(self, result: RunResult) -> None:
-        log.error("Employee sync failed: %s", result.reason)
-        try:
-            self.state.set(**{keys.LAST_STATUS: "failed", keys.LAST_ERROR: result.reason[:500]})
-        except EmpsyncError:
-            pass
+        log.error("Employee %s failed: %s", "rollback" if result.kind == "rollback" else "sync", result.reason)
+        if result.kind != "rollback":  # the last sync's status says how syncing goes, not how a rollback went
+            try:
+                self.state.set(**{keys.LAST_STATUS: "failed", keys.LAST_ERROR: result.reason[:500]})
+            except EmpsyncError:
+                pass
         self.bus.emit(SyncFailed(utcnow(), result.run_id, result.kind, result.reason, result.hint))
 
 

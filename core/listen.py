@@ -163,12 +163,14 @@ class Listener:
         nested field path and kills the stream's thread. A stream needs no
         order, and the filter alone keeps it to the changed documents.
         """
+        # With conditions, a document that stops meeting them leaves the query: the stream
+        # reports it REMOVED, and the engine asks for it and tests it.
         if not (self.watches_changes_only and since is not None):
-            return self.source.base_query()
+            return self.source.filtered_query()
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         floor = since.ts - self.margin
-        return self.source.base_query().where(filter=FieldFilter(self.source.updated_path, ">=", floor))
+        return self.source.filtered_query().where(filter=FieldFilter(self.source.updated_path, ">=", floor))
 
     def close(self) -> None:
         watch, self._watch = self._watch, None

@@ -18,6 +18,7 @@ everything every ``force_interval``.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +65,7 @@ class LiveMirror:
         self.lag_ms: int | None = None
         self.last_applied_at: str | None = None
         self._run = None
+        self.lags = LagSamples(engine)
         self._started = False
         self._failures = 0
         self._retry_at = 0.0
@@ -115,6 +117,7 @@ class LiveMirror:
 
     def stop(self, status: str = "ok", message: str = "") -> None:
         self.listener.close()
+        self.lags.flush()
         if self._run is not None:
             self.engine.close_live(self._run, status, message, self.listener.take_reads())
             self._run = None
@@ -182,10 +185,11 @@ class LiveMirror:
             self.listener.close()
             self._failed(exc.message)
             return
-        newest = max((naive_utc(d.update_time) for d in docs if d.update_time is not None), default=None)
         now = utcnow()
-        if newest is not None:
-            self.lag_ms = max(0, int((now - newest).total_seconds() * 1000))
+        written = [naive_utc(d.update_time) for d in docs if d.exists and d.update_time is not None]
+        if written:
+            self.lag_ms = max(0, int((now - max(written)).total_seconds() * 1000))
+            self.lags.add(self._run, now, [max(0, int((now - t).total_seconds() * 1000)) for t in written])
         self.last_applied_at = now.isoformat(timespec="milliseconds") + "Z"
 
     def _failed(self, why: str) -> None:
@@ -199,3 +203,48 @@ class LiveMirror:
         if (state, detail) != (self.state, self.detail):
             self.state, self.detail = state, detail
             self.on_state(state, detail)
+
+
+class LagSamples:
+    """Write-to-row lag of each document applied, per hour and session, stored as that hour's percentiles.
+
+    Samples stay in memory for the current hour only (at most ``MAX_SAMPLES``,
+    a uniform reservoir beyond), and the hour's row is written at most once
+    every ``FLUSH_S`` and when the hour or the session ends: a few writes an
+    hour, never one per batch.
+    """
+
+    MAX_SAMPLES = 20_000
+    FLUSH_S = 60.0
+
+    def __init__(self, engine: SyncEngine) -> None:
+        self.engine = engine
+        self.hour = None
+        self.run_id: int | None = None
+        self.samples: list[int] = []
+        self.seen = 0
+        self._flushed = time.monotonic()
+        self._random = random.Random()
+
+    def add(self, run, now, lags: list[int]) -> None:
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        if (hour, run.run_id) != (self.hour, self.run_id):
+            self.flush()
+            self.hour, self.run_id, self.samples, self.seen = hour, run.run_id, [], 0
+        for lag in lags:
+            self.seen += 1
+            if len(self.samples) < self.MAX_SAMPLES:
+                self.samples.append(lag)
+            elif (slot := self._random.randrange(self.seen)) < self.MAX_SAMPLES:
+                self.samples[slot] = lag
+        if time.monotonic() - self._flushed >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed = time.monotonic()
+        if not self.samples or self.run_id is None:
+            return
+        try:
+            self.engine.state.record_lag(self.hour, self.run_id, self.samples)
+        except EmpsyncError as exc:  # figures, not data: the next flush tries again
+            log.debug("could not store the listen lag: %s", exc.message)

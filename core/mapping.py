@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import FieldSpec
+if TYPE_CHECKING:  # the mapping is pure: it needs no configuration module at run time
+    from .config import FieldSpec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _ZERO = timedelta(0)

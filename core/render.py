@@ -25,17 +25,25 @@ def sync_summary(result) -> str:
     c = result.counts
     if result.status == "skipped":
         return f"skipped: {safe_values(result.reason)}"
-    head = "dry run" if result.dry_run else ("force sync" if result.forced else "sync")
-    line = (
-        f"{head} {result.status}: {c.fetched} fetched, {c.inserted} inserted, {c.updated} updated, "
-        f"{c.deleted} deleted, {c.unchanged} unchanged, {c.repaired} repaired, {c.rejected} rejected; "
-        f"{c.firestore_reads} Firestore reads; {result.duration_ms} ms"
-    )
+    head = {"force": "force sync", "ids": "sync of selected employees", "rollback": "rollback"}.get(result.kind, "sync")
+    if result.dry_run:
+        head = f"dry run ({head})"
+    if result.kind == "rollback":
+        line = (
+            f"{head} {result.status}: {c.updated} rows put back, {c.inserted} re-inserted, {c.deleted} removed, "
+            f"{c.restored} restored; {safe_values(result.reason)}"
+        )
+    else:
+        line = (
+            f"{head} {result.status}: {c.fetched} fetched, {c.inserted} inserted, {c.updated} updated, "
+            f"{c.deleted} deleted, {c.unchanged} unchanged, {c.repaired} repaired, {c.rejected} rejected; "
+            f"{c.firestore_reads} Firestore reads; {result.duration_ms} ms"
+        )
     if result.dry_run and result.would_change:
         lines = [line, "would change:"]
         for item in safe_values(result.would_change[:200]):
             detail = ", ".join(item.get("fields", {})) or item.get("reason", "")
-            lines.append(f"  {item['operation']:<8} {item['document_id']}  {detail}")
+            lines.append(f"  {item['operation']:<8} {item['document_id'] or ''}  {detail}".rstrip())
         if len(result.would_change) > 200:
             lines.append(f"  ... and {len(result.would_change) - 200} more (--json lists all)")
         return "\n".join(lines)
@@ -152,3 +160,29 @@ def rejects_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no rejected documents"
     return "\n".join(f"{iso(r['rejected_at'])}  {r['document_id']}  {r['reason']}" for r in safe_values(rows))
+
+
+RUN_COLUMNS = ("fetched", "inserted", "updated", "deleted", "repaired", "rejected")
+
+
+def runs_text(rows: list[dict[str, Any]]) -> str:
+    """The run history, newest first: one line a run, its error on a line of its own."""
+    if not rows:
+        return "no runs recorded yet"
+    lines = [
+        f"{'run':>6}  {'kind':<8} {'trigger':<10} {'started':<20} {'took':>8}  "
+        + " ".join(f"{c[:8]:>8}" for c in RUN_COLUMNS)
+        + f" {'reads':>14}  status"
+    ]
+    for r in safe_values(rows):
+        took = "-" if r["duration_ms"] is None else f"{r['duration_ms'] / 1000:.1f} s"
+        reads = f"{r['firestore_reads']}/{r['naive_reads']}"
+        lines.append(
+            f"{r['id']:>6}  {r['kind']:<8} {(r['trigger'] or '')[:10]:<10} {iso(r['started_at']) or '':<20} {took:>8}  "
+            + " ".join(f"{r.get(c) or 0:>8}" for c in RUN_COLUMNS)
+            + f" {reads:>14}  {r['status']}"
+        )
+        if r.get("message") and r["status"] != "ok":
+            lines.append(f"        {r['message'][:300]}")
+    lines.append("reads: Firestore reads the run caused / what reading every document would have cost")
+    return "\n".join(lines)

@@ -146,6 +146,7 @@ class Tables:
             Column("message", Text),
             Column("host", String(255)),
             Column("pid", Integer),
+            Column("target_table", String(64)),  # the mirror table it wrote (a rollback keeps to it)
             Index("ix_empsync_runs_started", "started_at"),
             **MYSQL_TABLE_ARGS,
         )
@@ -175,6 +176,26 @@ class Tables:
             Column("field", String(1500)),
             Column("reason", Text, nullable=False),
             Column("firestore_update_time", Timestamp()),
+            **MYSQL_TABLE_ARGS,
+        )
+        self.holds = Table(
+            "empsync_holds",
+            self.metadata,
+            Column("document_id", DocumentId(), primary_key=True),
+            Column("run_id", BigInteger),  # the rollback that holds it
+            Column("held_at", Timestamp(), nullable=False),
+            **MYSQL_TABLE_ARGS,
+        )
+        # Listen mode's write-to-row lag, per hour and listen session: that hour's percentiles.
+        self.lag = Table(
+            "empsync_lag",
+            self.metadata,
+            Column("hour", Timestamp(), primary_key=True),
+            Column("run_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("samples", Integer, nullable=False),
+            Column("p50_ms", Integer, nullable=False),
+            Column("p95_ms", Integer, nullable=False),
+            Column("max_ms", Integer, nullable=False),
             **MYSQL_TABLE_ARGS,
         )
         self.state = Table(

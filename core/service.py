@@ -40,12 +40,15 @@ log = logging.getLogger("empsync.service")
 TICK_S = 0.2  # the worker's idle wait: commands are seen within this
 SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen within this
 STATUS_REFRESH_S = 5.0
+ROLLUPS_REFRESH_S = 60.0
 LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
 LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
 BACKOFF_BASE_S = 5.0  # after a failed run
 BACKOFF_CAP_S = 300.0
 LEAD_BACKOFF_BASE_S = 2.0  # after the database could not be reached for the lock
 LEAD_BACKOFF_CAP_S = 60.0
+# Requests that run once each, in the order asked (normal and force requests coalesce instead).
+ONE_OFF_KINDS = ("ids", "rollback")
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,23 @@ class Ticket:
     trigger: str
     queued_at: datetime
     allow_mass_delete: bool = False
+    ids: tuple[str, ...] = ()  # a run of kind ids: exactly these documents
+    # A rollback: {"run": N, "hold": bool, "cascade": bool}.
+    rollback: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "request_id": self.request_id,
             "kind": self.kind,
             "trigger": self.trigger,
             "queued_at": iso(self.queued_at),
             "allow_mass_delete": self.allow_mass_delete,
         }
+        if self.ids:
+            out["ids"] = len(self.ids)
+        if self.rollback:
+            out.update(self.rollback)
+        return out
 
 
 class SyncService:
@@ -94,6 +105,7 @@ class SyncService:
             "pending": [],
         }
         self._db_status: dict[str, Any] = {}
+        self._rollups_due = 0.0
         self._stats: dict[str, Any] = {}
         self._interval = config.sync.interval
         self._interval_source = config.interval_source
@@ -102,6 +114,7 @@ class SyncService:
         self._retry_at: float | None = None
         self._retry_force = False
         self._pending: dict[str, Ticket] = {}
+        self._pending_jobs: list[Ticket] = []  # ids runs and rollbacks: each request in its turn
         self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
         self.notifier: Notifier | None = None
@@ -141,6 +154,14 @@ class SyncService:
     def sync_now(self, trigger: str = "api") -> Ticket:
         return self._queue_run("normal", trigger)
 
+    def sync_ids(self, ids: tuple[str, ...], trigger: str = "api") -> Ticket:
+        """A run of exactly these (validated) documents; each request runs, in the order asked."""
+        return self._queue_run("ids", trigger, ids=ids)
+
+    def rollback(self, run: int, *, hold: bool = False, cascade: bool = False, trigger: str = "api") -> Ticket:
+        """Roll run ``run`` back on the worker, which holds the lock (see ``core.rollback``)."""
+        return self._queue_run("rollback", trigger, rollback={"run": run, "hold": hold, "cascade": cascade})
+
     def set_interval(self, seconds: int) -> int:
         """Validate now (a clear refusal outside 10..86,400), store on the worker."""
         check_interval(seconds)
@@ -156,6 +177,17 @@ class SyncService:
     def resume(self) -> None:
         self._commands.put(("paused", False))
 
+    def plan_rollback(self, run: int, cascade: bool = False) -> RunResult:
+        """What rolling back run ``run`` would change: a dry run, which only reads (any thread)."""
+        return self.engine.rollback(run, dry_run=True, cascade=cascade, trigger="api")
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The run history, newest first, as JSON-ready rows (reads the database: any thread)."""
+        from .render import jsonable
+
+        with self.engine.db.connect() as conn:
+            return [jsonable(r) for r in self.engine.state.recent_runs(conn, limit=limit)]
+
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)
 
@@ -169,8 +201,15 @@ class SyncService:
         with self._snapshot_lock:
             return dict(self._stats)
 
-    def _queue_run(self, kind: str, trigger: str, allow_mass_delete: bool = False) -> Ticket:
-        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete)
+    def _queue_run(
+        self,
+        kind: str,
+        trigger: str,
+        allow_mass_delete: bool = False,
+        ids: tuple[str, ...] = (),
+        rollback: dict[str, Any] | None = None,
+    ) -> Ticket:
+        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, ids, rollback)
         self._commands.put(("run", ticket))
         with self._snapshot_lock:
             self._live["pending"] = [*self._live["pending"], ticket.to_json()]
@@ -207,12 +246,16 @@ class SyncService:
                         self._check_lead()
                     if self.is_leader:
                         self._run_due_work()
-                    if self.is_leader and self.listening_mode:
+                    if self.is_leader and self.listening_mode and not self._paused:
                         # The listener's hand-off is the wait here, so a change is applied
                         # the moment it arrives; commands are still seen every tick.
                         self._mirror().tick(wait=TICK_S)
                         self._drain_commands()
                     else:
+                        if self._paused and self._live_mirror is not None and self._live_mirror.state != "stopped":
+                            # Paused means no sync of its own: a listener would undo a rollback, say.
+                            self._live_mirror.stop("ok", "paused")
+                            self._set_state(self._idle_state())
                         self._drain_commands(timeout=TICK_S)
                 except Exception:  # noqa: BLE001 - a bug in one step must never kill the worker
                     log.exception("unexpected error on the sync worker; carrying on")
@@ -254,7 +297,9 @@ class SyncService:
                 name, arg = self._commands.get(timeout=wait) if wait else self._commands.get_nowait()
             except queue.Empty:
                 return
-            if name == "run":
+            if name == "run" and arg.kind in ONE_OFF_KINDS:
+                self._pending_jobs.append(arg)
+            elif name == "run":
                 ticket: Ticket = arg
                 current = self._pending.get(ticket.kind)
                 if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
@@ -276,7 +321,7 @@ class SyncService:
                 self._update_next_times()
                 log.info("Scheduled runs %s", "paused" if arg else "resumed")
                 self._set_state(self._idle_state())
-            if runs and self._pending and self.is_leader and self._commands.empty():
+            if runs and (self._pending or self._pending_jobs) and self.is_leader and self._commands.empty():
                 self._run_pending_requests()
             if self._stop.is_set():
                 return
@@ -407,7 +452,7 @@ class SyncService:
             return None
 
     def _run_due_work(self) -> None:
-        if self._pending:  # queued while standby, or during a run
+        if self._pending or self._pending_jobs:  # queued while standby, or during a run
             self._run_pending_requests()
             return
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
@@ -436,6 +481,10 @@ class SyncService:
                     self._pending.pop("normal", None)  # a force run covers a normal one
                     with self._snapshot_lock:
                         self._live["pending"] = [p for p in self._live["pending"] if p["kind"] != "normal"]
+        while self._pending_jobs and not self._stop.is_set():
+            ticket = self._pending_jobs.pop(0)
+            self._drop_pending_ticket(ticket)
+            self._run(ticket.kind, ticket.trigger, scheduled=False, ticket=ticket)
 
     def _drop_pending_ticket(self, ticket: Ticket) -> None:
         with self._snapshot_lock:
@@ -447,22 +496,30 @@ class SyncService:
             return None
         force = kind == "force"
         try:
-            result = self.engine.run(
-                force=force,
-                when_due=scheduled and not force,
-                trigger=trigger,
-                lock=self._lock,
-                stop=self._stop,
-                allow_mass_delete=bool(ticket and ticket.allow_mass_delete),
-            )
+            if kind == "rollback" and ticket is not None and ticket.rollback is not None:
+                options = ticket.rollback
+                result = self.engine.rollback(
+                    options["run"], hold=options["hold"], cascade=options["cascade"], trigger=trigger, lock=self._lock
+                )
+            else:
+                result = self.engine.run(
+                    force=force,
+                    when_due=scheduled and not force,
+                    trigger=trigger,
+                    lock=self._lock,
+                    stop=self._stop,
+                    allow_mass_delete=bool(ticket and ticket.allow_mass_delete),
+                    ids=ticket.ids if ticket is not None and kind == "ids" else None,
+                )
         except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
             log.exception("the %s run raised instead of failing cleanly", kind)
             result = self._record_crash(kind, trigger, exc)
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
-        if result.status == "failed" and not result.retry:
-            # Retrying would fail the same way (the mass-delete guard): the schedule goes on, the state says why.
+        if result.status == "failed" and (not result.retry or kind in ONE_OFF_KINDS):
+            # Retrying would fail the same way (the mass-delete guard), or is for whoever asked for
+            # these documents (an ids run): the schedule goes on, the state says why.
             self._failures, self._retry_at = 0, None
             with self._snapshot_lock:
                 self._live["failures"], self._live["retry_at"] = 0, None
@@ -479,6 +536,10 @@ class SyncService:
                 self._set_state("error", f"{result.reason}; retrying in {delay:.0f} s")
                 log.warning("Retrying in %.0f s (attempt %d)", delay, self._failures + 1)
         elif result.status == "ok":
+            if kind == "rollback" and ticket is not None and ticket.rollback and not ticket.rollback["hold"]:
+                self._paused = True  # stored by the rollback itself; not waiting for the next settings refresh
+                with self._snapshot_lock:
+                    self._live["paused"] = True
             self._failures, self._retry_at = 0, None
             with self._snapshot_lock:
                 self._live["failures"], self._live["retry_at"] = 0, None
@@ -529,15 +590,21 @@ class SyncService:
     # -- status ----------------------------------------------------------------
 
     def _refresh_status(self, count_documents: bool = True) -> None:
+        # The rollups read a month of runs: once a minute is fresh enough for hourly figures.
+        rollups = time.monotonic() >= self._rollups_due
         try:
             status = build_status(self.engine, count_documents=count_documents)
-            stats = build_stats(self.engine)
+            stats = build_stats(self.engine, rollups=rollups)
         except EmpsyncError as exc:
             with self._snapshot_lock:
                 self._db_status = {**self._db_status, "last_error": exc.message}
             return
         status.pop("next_sync_at", None)  # the scheduler's view is the truthful one here
+        if rollups:
+            self._rollups_due = time.monotonic() + ROLLUPS_REFRESH_S
         with self._snapshot_lock:
+            if not rollups:
+                stats["hourly"], stats["daily"] = self._stats.get("hourly", []), self._stats.get("daily", [])
             self._db_status, self._stats = status, stats
 
     def _set_state(self, state: str, detail: str = "") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .conditions import INEQUALITY_OPS
 from .config import Config
 from .errors import SourceError
 from .firestore_compat import stream_documents
@@ -119,9 +121,14 @@ class FirestoreSource:
         self.collection = self.client.collection(*s.collection.split("/"))
         paths = [FieldPath(*spec.parts).to_api_repr() for spec in config.fields]
         self.updated_path = FieldPath(*s.updated_field.split(".")).to_api_repr() if s.updated_field else ""
-        if self.updated_path and self.updated_path not in paths:
-            paths.append(self.updated_path)
+        # Read beside the mapped fields: the watermark's field, and what the conditions test.
+        extra = [self.updated_path] if self.updated_path else []
+        extra += [FieldPath(*c.parts).to_api_repr() for c in s.where]
+        for path in extra:
+            if path not in paths:
+                paths.append(path)
         self.field_paths = paths
+        self.conditions = s.where
         transient = _transient_errors()
         self.is_transient = lambda exc: isinstance(exc, transient)
         self.retry = Retry(
@@ -137,10 +144,23 @@ class FirestoreSource:
     def base_query(self):
         return self.collection.select(self.field_paths)
 
+    def filtered_query(self):
+        """The mapped fields of the documents that meet ``[[source.where]]``: the others are never billed."""
+        query = self.base_query()
+        for condition in self.conditions:
+            query = query.where(filter=condition.field_filter())
+        return query
+
     def all_query(self):
-        return self.base_query().order_by("__name__")
+        if any(c.op in INEQUALITY_OPS for c in self.conditions):
+            # Firestore orders by the inequality fields first: left implicit, so the query
+            # needs no index beyond the ones it needs anyway, and a resumed stream follows it.
+            return self.filtered_query()
+        return self.filtered_query().order_by("__name__")
 
     def changed_query(self, since: Watermark | None):
+        """The documents changed since ``since``, whatever the conditions: one that stopped meeting
+        them must be read, or it would never leave the table (``engine`` tests each one)."""
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         # The filter keeps to timestamps: a string or number in the field sorts
@@ -277,6 +297,31 @@ def describe_source_error(exc: BaseException, where: str) -> SourceError | None:
         return SourceError(f"{where}: credentials rejected: {detail}", "check [source] credentials")
     if isinstance(exc, gexc.NotFound):
         return SourceError(f"{where}: not found: {detail}", "check [source] project and database")
+    if isinstance(exc, gexc.FailedPrecondition) and "index" in (getattr(exc, "message", None) or str(exc)):
+        return missing_index(exc, where)
     if isinstance(exc, gexc.GoogleAPICallError):
         return SourceError(f"{where}: {type(exc).__name__}: {detail}")
     return None
+
+
+# Firestore's answer to a query that needs a composite index names a console link that creates it.
+_INDEX_LINK = re.compile(r"https://console\.(?:firebase\.google|cloud\.google)\.com/\S+")
+
+
+def missing_index(exc: BaseException, where: str) -> SourceError:
+    """FAILED_PRECONDITION for a missing composite index: the link, and what to create, in words.
+
+    Conditions on more than one field, or one with ``updated_field``, need a
+    composite index in production Firestore (the emulator needs none).
+    Firestore's message carries a link that opens the console with the index
+    filled in; the link is printed whole, since it is the quickest way there.
+    """
+    text = getattr(exc, "message", None) or str(exc)
+    found = _INDEX_LINK.search(text)
+    link = found.group(0).rstrip(".,)") if found else None
+    return SourceError(
+        f"{where}: this query needs a composite index that does not exist yet",
+        (f"create it from {link} " if link else "create it in the Firebase console (Firestore > Indexes) ")
+        + "- the fields of [[source.where]] and [source] updated_field, ascending, on the collection "
+        "- then run again; building an index takes a few minutes",
+    )

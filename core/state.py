@@ -153,6 +153,7 @@ class State:
                     status="running",
                     host=socket.gethostname()[:255],
                     pid=os.getpid(),
+                    target_table=self.db.config.target.table,
                     **{c: 0 for c in RUN_COUNTERS},
                 )
             )
@@ -198,11 +199,31 @@ class State:
             return result.rowcount or 0
 
     def prune_changes(self, days: int) -> None:
+        """Field history and lag figures older than ``days`` go (0 keeps everything)."""
         if days > 0:
+            cutoff = utcnow() - timedelta(days=days)
             with self.db.begin() as conn:
-                conn.execute(
-                    delete(self.t.changes).where(self.t.changes.c.changed_at < utcnow() - timedelta(days=days))
-                )
+                conn.execute(delete(self.t.changes).where(self.t.changes.c.changed_at < cutoff))
+                conn.execute(delete(self.t.lag).where(self.t.lag.c.hour < cutoff))
+
+    def record_lag(self, hour: datetime, run_id: int, samples: list[int]) -> None:
+        """One listen session's write-to-row lag in one hour (its samples so far: the row is replaced)."""
+        from .rollups import percentile
+
+        row = {
+            "hour": hour,
+            "run_id": run_id,
+            "samples": len(samples),
+            "p50_ms": int(percentile(samples, 0.5) or 0),
+            "p95_ms": int(percentile(samples, 0.95) or 0),
+            "max_ms": max(samples),
+        }
+        with self.db.begin() as conn:
+            upsert(conn, self.t.lag, [row], update=["samples", "p50_ms", "p95_ms", "max_ms"])
+
+    def lag_since(self, conn: Connection, since: datetime) -> list[dict[str, Any]]:
+        lag = self.t.lag
+        return [dict(r) for r in conn.execute(select(lag).where(lag.c.hour >= since)).mappings()]
 
     # -- read side (status, stats, changes, rejects) ---------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 from . import state as keys
 from .engine import SyncEngine
 from .errors import EmpsyncError
+from .rollups import DAYS, HOURS, rollup
 from .state import iso, parse_iso, utcnow
 
 # A status call never waits long on Firestore just to refresh the count.
@@ -109,13 +110,17 @@ def _json_value(text: str | None) -> Any:
         return None
 
 
-def build_stats(engine: SyncEngine) -> dict[str, Any]:
+def build_stats(engine: SyncEngine, rollups: bool = True) -> dict[str, Any]:
+    """Totals and rates; with ``rollups``, hourly and daily figures too (a month of runs read)."""
     engine.db.ensure_schema()
+    now = utcnow()
     with engine.db.connect() as conn:
         totals = engine.state.totals(conn)
         recent = engine.state.recent_runs(conn, limit=50)
         sizes = engine.state.row_counts(conn)
-        last_24h = engine.state.runs_between(conn, utcnow() - timedelta(hours=24))
+        month = engine.state.runs_between(conn, now - timedelta(days=DAYS if rollups else 1))
+        lags = engine.state.lag_since(conn, now - timedelta(days=DAYS)) if rollups else []
+    last_24h = [r for r in month if r["started_at"] >= now - timedelta(hours=24)]
     finished = [r for r in recent if r["duration_ms"] is not None and r["status"] == "ok"]
     reads, naive = totals["firestore_reads"], totals["naive_reads"]
     return {
@@ -144,4 +149,6 @@ def build_stats(engine: SyncEngine) -> dict[str, Any]:
             "written": sum(r["inserted"] + r["updated"] + r["deleted"] for r in last_24h),
             "firestore_reads": sum(r["firestore_reads"] for r in last_24h),
         },
+        "hourly": rollup(month, lags, now, hours=1, count=HOURS) if rollups else [],
+        "daily": rollup(month, lags, now, hours=24, count=DAYS) if rollups else [],
     }

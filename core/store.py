@@ -6,8 +6,9 @@ audit rows, rejects and checkpoint together or not at all.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,11 +128,12 @@ class MirrorStore:
             values = {c: plan.row[c] for c in columns}
             if op is Op.RESTORE:
                 values[DELETED_AT_COLUMN] = None
+                # What it was deleted at, so that a rollback can delete it again as it was.
+                found = plan.found_deleted_at
                 if repaired:
-                    found = plan.found_deleted_at
                     audit.append(self._audit(run_id, now, plan.doc_id, REPAIR, DELETED_AT_COLUMN, found, None))
                 else:
-                    audit.append(self._audit(run_id, now, plan.doc_id, op, None, None, None))
+                    audit.append(self._audit(run_id, now, plan.doc_id, op, None, found, None))
             by_columns[tuple(values)].append({**values, **bookkeeping})
             field_op = REPAIR if repaired else Op.UPDATE
             for change in plan.decision.changes:
@@ -186,16 +188,37 @@ class MirrorStore:
     def remove(
         self, conn: Connection, ids: Sequence[str], mode: str, run_id: int | None, now: datetime
     ) -> list[dict[str, Any]]:
-        """Rows whose documents are gone: soft-delete or delete them, with audit rows."""
+        """Rows whose documents are gone: soft-delete or delete them, with audit rows.
+
+        Each audit row keeps the row's mapped values as JSON (its ``old_value``),
+        so a rollback can put back even a row that a hard delete removed.
+        """
         m = self.t.mirror
         key = m.c[self.id_column]
+        audit = []
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
+            held = self.load(conn, chunk)
             if mode == "hard":
                 conn.execute(delete(m).where(key.in_(chunk)))
             else:
                 conn.execute(update(m).where(key.in_(chunk)).values({DELETED_AT_COLUMN: now, SYNCED_AT_COLUMN: now}))
-        audit = [self._audit(run_id, now, i, Op.DELETE, None, None, None) for i in ids]
+            for doc_id in chunk:
+                values = row_json(held[doc_id].values) if doc_id in held else None
+                audit.append({**self._audit(run_id, now, doc_id, Op.DELETE, None, None, None), "old_value": values})
         if audit:
             insert_rows(conn, self.t.changes, audit)
         return audit
+
+    def held_among(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        """Which of these documents a rollback holds out of every sync."""
+        found: set[str] = set()
+        h = self.t.holds.c.document_id
+        for start in range(0, len(ids), ID_CHUNK):
+            found.update(conn.execute(select(h).where(h.in_(ids[start : start + ID_CHUNK]))).scalars())
+        return found
+
+
+def row_json(values: Mapping[str, Any]) -> str:
+    """A row's mapped values as audit text: JSON of each value's display form."""
+    return json.dumps({k: display(v) for k, v in values.items()}, sort_keys=True, ensure_ascii=False)

@@ -43,13 +43,19 @@ class CorruptState(EmpsyncError):
 
 
 def scope_of(config: Config) -> str:
-    """A fingerprint of what rows a watermark vouches for: source, table, mapping and conditions."""
+    """A fingerprint of what rows a watermark vouches for: source, table, mapping and conditions.
+
+    Without conditions it is what it was before conditions existed, so an
+    upgrade keeps its watermark.
+    """
     s, t = config.source, config.target
     described: dict[str, Any] = {
         "source": [s.project, s.database, s.collection, s.updated_field],
         "table": [t.table, t.id_column],
         "fields": [[f.path, f.type, f.column, f.required, f.max_length] for f in config.fields],
     }
+    if s.where:
+        described["where"] = [c.describe() for c in s.where]
     text = json.dumps(described, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

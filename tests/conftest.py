@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +176,13 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
     for section in ("source", "target", "sync", "api", "notify"):
         lines.append(f"[{section}]")
         for key, value in vars(getattr(config, section)).items():
-            if f"{section}.{key}" not in cfg.ENV_ONLY:
+            if key != "where" and f"{section}.{key}" not in cfg.ENV_ONLY:
                 lines.append(f"{key} = {_toml(value)}")
+    for condition in config.source.where:
+        lines.append("[[source.where]]")
+        lines.append(f"field = {_toml(condition.field)}")
+        lines.append(f"op = {_toml(condition.op)}")
+        lines.append(f"value = {_toml(condition.value)}")
     for spec in config.fields:
         lines.append(f'[fields."{spec.path}"]')
         lines.append(f'type = "{spec.type}"')
@@ -189,10 +195,12 @@ def write_toml(path: Path, config: cfg.Config) -> Path:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

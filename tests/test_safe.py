@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import logs
+from core.engine import Counts, RunResult
 from core.render import changes_text, rejects_text, status_text, sync_summary
 from core.safe import json_safe, safe_values, terminal_safe
 from core.verify import verify_text
@@ -141,12 +142,9 @@ def test_status_sync_and_verify_text_are_safe(error, doc_id, ids):
         "source": {"project": error, "database": "(default)", "collection": "employees", "emulator_host": ""},
         "target": error, "table": "employees",
     }  # fmt: skip
-    counts = SimpleNamespace(
-        fetched=1, inserted=0, updated=0, deleted=0, unchanged=0, rejected=1, firestore_reads=1
-    )  # fmt: skip
-    result = SimpleNamespace(
-        status="ok", reason=error, dry_run=True, forced=False, counts=counts, duration_ms=1,
-        would_change=[{"operation": "update", "document_id": doc_id, "fields": {i: 1 for i in ids}}],
+    result = RunResult(
+        status="ok", reason=error, dry_run=True, forced=False, counts=Counts(fetched=1, rejected=1, firestore_reads=1),
+        duration_ms=1, would_change=[{"operation": "update", "document_id": doc_id, "fields": {i: 1 for i in ids}}],
     )  # fmt: skip
     report = {
         "status": "drift", "documents": 1, "rows": 1, "differences": 1, "rejected": 0, "firestore_reads": 1,

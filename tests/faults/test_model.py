@@ -360,6 +360,8 @@ class History:
         """After a complete read: the table equals the model (a force run also heals drift)."""
         rows, rejects = self.table_state()
         tripped = result.status == "failed" and "mass-delete guard" in (result.reason or "")
+        # A read that finds no document at all (a mistyped collection, say) keeps every row and reject.
+        empty = not self.model.docs and not uncertain
         if result.status != "ok" and not tripped:
             raise Divergence(f"a full read failed on valid data: {result.reason}")
         live = {i for i, r in rows.items() if r["deleted_at"] is None}
@@ -372,9 +374,9 @@ class History:
         if not result.forced:  # hashes were trusted: a value edited by hand may stand
             uncertain = set(uncertain) | {i for i, force_only in self.model.drifted.items() if force_only}
         for doc_id in sorted(set(self.model.docs) | set(self.model.possible) | self.model.ghosts):
-            self.check_document(doc_id, rows, rejects, uncertain, deletions_held=tripped)
+            self.check_document(doc_id, rows, rejects, uncertain, deletions_held=tripped or empty)
         invalid = {i for i, d in self.model.docs.items() if self.expected(d) is None}
-        if set(rejects) - uncertain != invalid - uncertain:
+        if not empty and set(rejects) - uncertain != invalid - uncertain:
             raise Divergence(f"rejects {sorted(rejects)} but invalid documents {sorted(invalid)}")
         if result.forced:
             self.check_repairs(result, uncertain)
@@ -385,7 +387,7 @@ class History:
             self.model.drifted = dict.fromkeys(self.model.drifted, False)
         else:  # hashes were trusted: only a value edited under an unchanged hash may remain
             self.model.drifted = {i: k for i, k in self.model.drifted.items() if k}
-        if not tripped:
+        if not (tripped or empty):
             self.model.ghosts.clear()
         self.full_read_done = True
 
@@ -400,7 +402,8 @@ class History:
         }
         unchanged = {i: k for i, k in unchanged.items() if self.expected(self.model.docs[i]) is not None}
         least = sum(unchanged.values())
-        if not least <= result.counts.repaired <= len(unchanged):
+        perhaps = len(set(self.model.drifted) & uncertain)  # changed mid-run: repaired first, perhaps
+        if not least <= result.counts.repaired <= len(unchanged) + perhaps:
             raise Divergence(
                 f"repaired {result.counts.repaired}; drifted rows of unchanged documents: {unchanged} "
                 f"(at least {least} only a force run heals)"
@@ -499,7 +502,10 @@ class History:
             else:  # those older than the stream may be held back by the guard
                 must_go = deleted_now
             problem: list[str] = []
-            wait_for(lambda: self.listen_converged(must_go, problem), LISTEN_WAIT_S, f"listen mode: {problem}")
+            try:
+                wait_for(lambda: self.listen_converged(must_go, problem), LISTEN_WAIT_S, "listen mode to converge")
+            except AssertionError:
+                raise Divergence(f"listen mode did not converge in {LISTEN_WAIT_S:.0f} s: {problem}") from None
         finally:
             assert service.stop(15), "the listening service did not stop"
         rows, rejects = self.table_state()
