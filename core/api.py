@@ -45,6 +45,7 @@ from .config import INTERVAL_MAX, INTERVAL_MIN, ApiConfig, check_document_ids
 from .errors import ConfigError, EmpsyncError
 from .metrics import Metrics
 from .service import SyncService
+from .stream import Streams
 from .webhook import SignatureError, SignedRequests, is_signed
 
 log = logging.getLogger("empsync.api")
@@ -62,10 +63,12 @@ MIN_TOKEN_LENGTH = 16
 
 PREFIX = "/api/realtime-sync"
 TRIGGER = f"{PREFIX}/trigger"
+EVENTS = f"{PREFIX}/events"  # a WebSocket (core/stream.py)
 SIGNED_MAY_ASK = {"force", "ids"}
 ROUTES: dict[str, set[str]] = {
     f"{PREFIX}/status": {"GET"},
     f"{PREFIX}/stats": {"GET"},
+    EVENTS: {"GET"},
     f"{PREFIX}/trigger": {"POST"},
     f"{PREFIX}/interval": {"POST"},
     f"{PREFIX}/rollback": {"POST"},
@@ -182,6 +185,7 @@ class ControlApi:
         self.token = api.token
         self.metrics_public = api.metrics_public
         self.signed = SignedRequests(api.webhook_secret) if api.webhook_secret else None
+        self.streams = Streams(service)
         self.metrics = metrics or Metrics()
         self.server = _Server(_listen(api), type("Handler", (_Handler,), {"api": self}))
         host, self.port = self.server.listener.getsockname()[:2]
@@ -200,6 +204,7 @@ class ControlApi:
         return self
 
     def stop(self) -> None:
+        self.streams.stop()
         self.server.stop()
 
     # -- what the head alone decides (before any body is read) ---------------------------------
@@ -719,6 +724,13 @@ class _Handler(BaseHTTPRequestHandler):
             lengths = self.headers.get_all("Content-Length") or []
             self._body_unread = "Transfer-Encoding" in self.headers or any(v.strip() != "0" for v in lengths)
             route = self.api.admit(self.command, self.path.split("?", 1)[0], self.headers)
+            if route == EVENTS and self.command == "GET":
+                if self._body_unread:
+                    raise ApiError(HTTPStatus.BAD_REQUEST, "an event stream request has no body")
+                refusal = self.api.streams.serve(self)  # until the stream ends, unless it is refused
+                if refusal is not None:
+                    raise ApiError(*refusal)
+                return
             body = self._read_body(self._content_length(lengths))
             signed = self.api.verify_signed(route, self.headers, body)
             status, payload, content_type = self.api.handle(self.command, route, body, signed)
