@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The integration tests need MariaDB's server binaries and the Firestore
-# emulator (Java + the Google Cloud CLI component); they start both themselves.
+# The integration tests need MariaDB's and PostgreSQL's server binaries and the Firestore
+# emulator (Java + the Google Cloud CLI component); they start all three themselves.
 servers:
 	@.ci/servers.sh
 

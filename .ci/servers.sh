@@ -20,6 +20,33 @@ if [ "$need_mariadb" = 1 ]; then
   fi
 fi
 
+# PostgreSQL: Debian keeps initdb and postgres in /usr/lib/postgresql/VERSION/bin, out of PATH.
+have_postgres() {
+  command -v postgres >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1 && return 0
+  for bin in /usr/lib/postgresql/*/bin; do
+    [ -x "$bin/postgres" ] && [ -x "$bin/initdb" ] && return 0
+  done
+  return 1
+}
+if ! have_postgres; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing postgresql (the tests start their own throwaway server)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || true
+    apt-get install -y -qq postgresql >/dev/null
+    # Debian creates and may start a system cluster on install; the tests never use it.
+    (service postgresql stop || systemctl stop postgresql || true) >/dev/null 2>&1
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+      pg_lsclusters -h 2>/dev/null | while read -r version cluster _; do
+        pg_ctlcluster "$version" "$cluster" stop >/dev/null 2>&1 || true
+      done
+    fi
+  else
+    echo "PostgreSQL is missing: run 'sudo apt-get install postgresql'" >&2
+    exit 1
+  fi
+fi
+
 if ! command -v java >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
@@ -48,4 +75,5 @@ if [ -z "$emulator" ]; then
     exit 1
   fi
 fi
-echo "servers: mariadbd $(mariadbd --version 2>/dev/null | awk '{print $3}'), firestore emulator ok, $(java -version 2>&1 | head -1)"
+postgres_bin=$(command -v postgres || ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1)
+echo "servers: mariadbd $(mariadbd --version 2>/dev/null | awk '{print $3}'), $("$postgres_bin" --version 2>/dev/null), firestore emulator ok, $(java -version 2>&1 | head -1)"

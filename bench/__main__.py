@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             running = stack.enter_context(servers())
         except (ServerMissing, EmpsyncError, OSError, subprocess.SubprocessError) as exc:
             print(f"bench: cannot start the servers: {exc}", file=sys.stderr)
-            print("bench: `make servers` installs MariaDB and the Firestore emulator", file=sys.stderr)
+            print("bench: `make servers` installs MariaDB, PostgreSQL and the Firestore emulator", file=sys.stderr)
             return 2
         for name in chosen:
             try:

@@ -8,11 +8,12 @@ the emulator answers by scanning from the start for every page), and
 empsync's own reader alone (``FirestoreSource.read``, one resumable stream
 decoded by ``firestore_compat``).
 
-Then the product: a force run into a fresh MariaDB table (every document an
-insert), a second force run that finds every row unchanged (it compares each
+Then the product, on MariaDB and on PostgreSQL: a force run into a fresh
+table (every document an insert), a second force run that finds every row unchanged (it compares each
 row's values with the document, the healing check), and a full read that
 trusts the stored hashes (a normal run without ``updated_field``): the
-difference between the last two is what comparing values costs.
+difference between the last two is what comparing values costs. MariaDB's
+figures keep their names; PostgreSQL's carry its name first.
 
 Each round measures every side once, the order rotating between rounds, and
 the medians of the per-round ratios are the figures, which damps a noisy
@@ -30,7 +31,7 @@ from typing import Any
 from core.engine import SyncEngine
 from core.source import FirestoreSource
 
-from .harness import Servers, say, unique
+from .harness import TARGETS, Servers, say, unique
 from .options import Sizes
 from .report import Goal, median, rounded
 
@@ -79,9 +80,10 @@ class Sides:
         finally:
             source.close()
 
-    def product(self) -> dict[str, Any]:
+    def product(self, target: str) -> dict[str, Any]:
         """A force run into a fresh table, an unchanged force re-run, and a hash-trusting full read."""
-        url = self.servers.database("force")
+        url = self.servers.database("force", target)
+        key = _prefix(target)
         sizes = self.sizes
         config = self.servers.config(self.project, url, page_size=sizes.page_size, batch_size=sizes.batch_size)
         trusting = self.servers.config(
@@ -95,10 +97,17 @@ class Sides:
             finally:
                 engine.close()
             if result.status != "ok":
-                raise RuntimeError(f"{name} run failed: {result.reason}")
-            out[f"{name}_s"], out[f"{name}_cpu_s"] = wall, cpu
-            out[f"{name}_inserted"], out[f"{name}_unchanged"] = result.counts.inserted, result.counts.unchanged
+                raise RuntimeError(f"{name} run on {target} failed: {result.reason}")
+            out[f"{key}{name}_s"], out[f"{key}{name}_cpu_s"] = wall, cpu
+            out[f"{key}{name}_inserted"], out[f"{key}{name}_unchanged"] = (
+                result.counts.inserted,
+                result.counts.unchanged,
+            )
         return out
+
+
+def _prefix(target: str) -> str:
+    return "" if target == "mariadb" else f"{target}_"
 
 
 def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
@@ -111,24 +120,29 @@ def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
     reads: dict[str, Callable[[], int]] = {"stream": sides.stream, "paged": sides.paged, "reader": sides.reader}
     rounds = []
     for i in range(sizes.pairs):
-        names = [*reads, "product"]
+        names = [*reads, *TARGETS]
         order = names[i % len(names) :] + names[: i % len(names)]
         figures: dict[str, Any] = {"order": "-".join(order)}
         for what in order:
-            if what == "product":
-                figures.update(sides.product())
+            if what in TARGETS:
+                figures.update(sides.product(what))
                 continue
             wall, cpu, count = measured(reads[what])
             if count != n:
                 raise RuntimeError(f"{what} read {count} of {n} documents")
             figures[f"{what}_s"], figures[f"{what}_cpu_s"] = wall, cpu
-        for side in ("force", "rerun", "reader", "paged"):
+        for side in ("reader", "paged", *(f"{_prefix(t)}{run}" for t in TARGETS for run in ("force", "rerun"))):
             figures[f"{side}_vs_stream"] = figures[f"{side}_s"] / figures["stream_s"]
-        figures["compare_cost_s"] = figures["rerun_s"] - figures["trusting_s"]
-        figures["compare_cost_cpu_s"] = figures["rerun_cpu_s"] - figures["trusting_cpu_s"]
+        for key in map(_prefix, TARGETS):
+            figures[f"{key}compare_cost_s"] = figures[f"{key}rerun_s"] - figures[f"{key}trusting_s"]
+            figures[f"{key}compare_cost_cpu_s"] = figures[f"{key}rerun_cpu_s"] - figures[f"{key}trusting_cpu_s"]
         say(
-            f"force: round {i + 1}: stream {figures['stream_s']:.1f} s, paged {figures['paged_s']:.1f} s, "
-            f"force {figures['force_s']:.1f} s, unchanged re-run {figures['rerun_s']:.1f} s"
+            f"force: round {i + 1}: stream {figures['stream_s']:.1f} s, paged {figures['paged_s']:.1f} s; "
+            + "; ".join(
+                f"{t}: force {figures[f'{_prefix(t)}force_s']:.1f} s, unchanged re-run "
+                f"{figures[f'{_prefix(t)}rerun_s']:.1f} s"
+                for t in TARGETS
+            )
         )
         rounds.append(figures)
 
@@ -137,18 +151,38 @@ def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
 
     result = {
         "benchmark": "force",
-        "target": "mariadb",
+        "targets": list(TARGETS),
         "documents": n,
         "page_size": sizes.page_size,
         "batch_size": sizes.batch_size,
         "seed_s": rounded(seeded, 2),
         "rounds": [{k: rounded(v) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
         **{f"median_{k}": mid(k) for k in rounds[0] if k != "order" and not k.endswith(("_inserted", "_unchanged"))},
-        "all_inserted": all(r["force_inserted"] == n and r["rerun_unchanged"] == n for r in rounds),
+        "all_inserted": all(
+            r[f"{key}force_inserted"] == n and r[f"{key}rerun_unchanged"] == n
+            for r in rounds
+            for key in map(_prefix, TARGETS)
+        ),
         # Kept for older readers of this benchmark's JSON.
         "median_ratio": mid("force_vs_stream"),
     }
-    return result, [
-        Goal("force", "force sync / stream wall time (median of pairs)", mid("force_vs_stream"), "<=", GOAL_RATIO),
-        Goal("force", "unchanged force re-run / stream wall time", mid("rerun_vs_stream"), "<=", GOAL_RATIO),
-    ]
+    goals = []
+    for target in TARGETS:
+        key, on = _prefix(target), "" if target == "mariadb" else f" on {target}"
+        goals += [
+            Goal(
+                "force",
+                f"force sync{on} / stream wall time (median of pairs)",
+                mid(f"{key}force_vs_stream"),
+                "<=",
+                GOAL_RATIO,
+            ),
+            Goal(
+                "force",
+                f"unchanged force re-run{on} / stream wall time",
+                mid(f"{key}rerun_vs_stream"),
+                "<=",
+                GOAL_RATIO,
+            ),
+        ]
+    return result, goals

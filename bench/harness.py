@@ -1,8 +1,8 @@
 """Servers, configurations and seeding shared by the benchmarks.
 
-The emulator and MariaDB are started once per bench run, on free loopback
-ports with their data in temporary folders; each benchmark isolates itself in
-its own Firestore project id and its own MariaDB database.
+The emulator, MariaDB and PostgreSQL are started once per bench run, on free
+loopback ports with their data in temporary folders; each benchmark isolates
+itself in its own Firestore project id and its own database.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from core import config as cfg
 from core.demo import DEMO_FIELDS
 from core.emulator import Emulator
 from core.source import make_client
-from tests.servers import MariaDB
+from tests.servers import MariaDB, PostgreSQL
 
 # The employee collection of the repository's sync.toml (as the demo maps it), plus two more types.
 FIELDS: dict[str, dict[str, Any]] = {**DEMO_FIELDS, "rating": {"type": "float"}, "remote": {"type": "boolean"}}
@@ -86,15 +86,21 @@ def make_config(
     )
 
 
+# The database servers the benchmarks that compare targets run on, MariaDB first (the product's own).
+TARGETS = ("mariadb", "postgresql")
+
+
 @dataclass
 class Servers:
     emulator: Emulator
     mariadb: MariaDB
+    postgresql: PostgreSQL
 
-    def database(self, prefix: str) -> str:
-        """A fresh MariaDB database's SQLAlchemy URL."""
-        name = self.mariadb.create_database(unique(prefix).replace("-", "_"))
-        return self.mariadb.url(name)
+    def database(self, prefix: str, target: str = "mariadb") -> str:
+        """A fresh database's SQLAlchemy URL, on MariaDB unless told."""
+        server = self.mariadb if target == "mariadb" else self.postgresql
+        name = server.create_database(unique(prefix).replace("-", "_"))
+        return server.url(name)
 
     def config(self, project: str, url: str, **target: Any) -> cfg.Config:
         return make_config(self.emulator.host, project, url, **target)
@@ -121,17 +127,20 @@ class Servers:
 
 @contextmanager
 def servers() -> Iterator[Servers]:
-    """A private emulator and MariaDB for the whole bench run, removed afterwards."""
+    """A private emulator, MariaDB and PostgreSQL for the whole bench run, removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="empsync-bench-"))
     (base / "mariadb").mkdir()
-    say("starting the Firestore emulator and MariaDB")
+    say("starting the Firestore emulator, MariaDB and PostgreSQL")
     emulator = Emulator(log_path=base / "emulator.log")
     mariadb = MariaDB(base / "mariadb")
+    postgresql = PostgreSQL(base / "postgresql")
     try:
         emulator.start()
         mariadb.start()
-        yield Servers(emulator, mariadb)
+        postgresql.start()
+        yield Servers(emulator, mariadb, postgresql)
     finally:
+        postgresql.destroy()
         mariadb.stop()
         emulator.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -13,7 +13,7 @@ BENCHMARKS = ("apply", "force", "rss", "idle", "latency")
 class Sizes:
     apply_rows: int = 3_000  # rows written by the store and by the row-by-row baseline
     force_docs: int = 50_000  # documents of the force-sync-versus-stream comparison
-    pairs: int = 3  # alternating (sync, stream) pairs; the median ratio is reported
+    pairs: int = 3  # rounds, each measuring every side once in a rotating order; the medians are reported
     rss_small: int = 5_000
     rss_large: int = 50_000
     idle_docs: int = 1_000
@@ -34,7 +34,7 @@ def env_name(field: str) -> str:
 def parse(argv: list[str] | None = None) -> tuple[Sizes, tuple[str, ...], argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="empsync benchmarks against a private emulator and MariaDB; prints JSON lines.",
+        description="empsync benchmarks against a private emulator, MariaDB and PostgreSQL; prints JSON lines.",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a fast check (goals are for full sizes)")
     parser.add_argument(

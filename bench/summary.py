@@ -27,13 +27,21 @@ from typing import Any
 CATALOGUE: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "apply": (
         "make bench",
-        [("insert throughput, store / row by row", ">= 30x"), ("update throughput, store / row by row", ">= 30x")],
+        [
+            (f"{phase} throughput{on}, store / row by row", ">= 30x")
+            for on in ("", " on postgresql")
+            for phase in ("insert", "update")
+        ],
     ),
     "force": (
         "make bench",
         [
-            ("force sync / stream wall time (median of pairs)", "<= 1.3"),
-            ("unchanged force re-run / stream wall time", "<= 1.3"),
+            (what, "<= 1.3")
+            for on in ("", " on postgresql")
+            for what in (
+                f"force sync{on} / stream wall time (median of pairs)",
+                f"unchanged force re-run{on} / stream wall time",
+            )
         ],
     ),
     "rss": ("make bench", [("peak RSS growth, small to large force sync", "<= 40 MB")]),

@@ -38,8 +38,6 @@ DELETED_AT_COLUMN = "deleted_at"
 HASH_COLUMN = "content_hash"
 BOOKKEEPING_COLUMNS = (UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, DELETED_AT_COLUMN, HASH_COLUMN)
 
-SUPPORTED_DIALECTS = ("sqlite", "mysql", "mariadb")
-
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -496,14 +494,14 @@ def check_target_url(url: str) -> None:
         raise ConfigError(
             "target.url", "the user name or password holds an unencoded @", "percent-encode it: @ becomes %40"
         )
-    if backend not in SUPPORTED_DIALECTS:
-        raise ConfigError("target.url", f"unsupported database {backend!r}", "use mysql+pymysql://… or sqlite:///…")
-    if backend in ("mysql", "mariadb") and parsed.get_driver_name() != "pymysql":
-        raise ConfigError(
-            "target.url", f"driver {parsed.get_driver_name()!r} is not installed", "use mysql+pymysql://…"
-        )
+    from .dialects import for_backend, supported
+
+    dialect = for_backend(backend)
+    if dialect is None:
+        raise ConfigError("target.url", f"unsupported database {backend!r}", f"use {supported()}")
+    dialect.check_url(parsed)
     if parsed.query:
-        check_url_options(parsed)
+        check_url_options(dialect.engine_url(parsed))
 
 
 def check_url_options(parsed) -> None:

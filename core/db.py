@@ -1,79 +1,33 @@
-"""The target database: engine set-up, the upsert statement, and errors in plain words.
+"""The target database: the engine, multi-row statements, and errors in plain words.
 
-This is the one place that knows MySQL/MariaDB from SQLite (besides the
-column types in ``schema``): session settings, the upsert clause, and how each
-driver reports an unreachable server or a wrong password.
+Nothing here knows which database it writes: what differs (session settings,
+the upsert text, statement limits, error wording) is asked of the engine's
+dialect in ``core.dialects``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table, create_engine, event
+from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from . import dialects
 from .config import Config, mask_url
+from .dialects import Dialect
+from .dialects.base import unreachable
 from .errors import TargetError
 from .schema import Tables
-
-# Keep multi-row statements under SQLite's and MySQL's placeholder limits.
-MAX_PARAMS_PER_STATEMENT = 30_000
-
-MYSQL_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2014, 2055}
-MYSQL_SESSION = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'"
-
-
-def is_mysql(engine_or_conn: Engine | Connection) -> bool:
-    return engine_or_conn.dialect.name in ("mysql", "mariadb")
 
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        _create_private(parsed.database, uri=bool(parsed.query.get("uri")))
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_session(dbapi_conn, _record) -> None:
-            cursor = dbapi_conn.cursor()
-            # WAL lets `empsync status` read while a sync writes.
-            if parsed.database not in (None, "", ":memory:"):
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
-
-    engine = create_engine(
-        parsed,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        connect_args={"connect_timeout": 5, "read_timeout": 120, "write_timeout": 120, "charset": "utf8mb4"},
-    )
-
-    @event.listens_for(engine, "connect")
-    def _mysql_session(dbapi_conn, _record) -> None:
-        with dbapi_conn.cursor() as cursor:
-            cursor.execute(MYSQL_SESSION)
-
-    return engine
-
-
-def _create_private(path: str | None, uri: bool) -> None:
-    """Create a new SQLite file 0600: it holds employee records. Its -wal and -shm files take its mode."""
-    if path in (None, "", ":memory:") or uri:
-        return
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass  # an existing database keeps the mode its owner gave it
-    except OSError:
-        pass  # a missing folder: SQLite's own error names it when connecting
+    dialect = dialects.of(parsed)
+    return dialect.create_engine(dialect.engine_url(parsed))
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Sequence[str]) -> None:
@@ -83,66 +37,85 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], updat
     executemany, which PyMySQL does not batch for every upsert form. The SQL
     text is ours too: SQLAlchemy's multi-row ``values()`` compiles every
     placeholder anew on every call, which cost more than the round trip.
-    Every row must have the keys of the first.
+    An empty ``update`` skips the rows whose key exists. Every row must have
+    the keys of the first.
     """
-    _insert_many(conn, table, rows, _conflict_clause(conn, table, update), ignore=not update)
+    _insert_many(conn, table, rows, update)
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Plain multi-row INSERTs (audit rows); every row must have the keys of the first."""
-    _insert_many(conn, table, rows, "", ignore=False)
+    _insert_many(conn, table, rows, None)
 
 
-def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], tail: str, ignore: bool) -> None:
+def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Sequence[str] | None) -> None:
+    """Chunks under the connection's limits: so many parameters, so many bytes (MySQL's max_allowed_packet)."""
     if not rows:
         return
     dialect = conn.dialect
+    ours = dialects.of(dialect)
     quote = dialect.identifier_preparer.quote
     columns = list(rows[0])
     processors = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
-    mark = _placeholder(dialect.paramstyle)
-    group = "(" + ", ".join([mark] * len(columns)) + ")"
-    verb = "INSERT IGNORE INTO" if ignore and is_mysql(conn) else "INSERT INTO"
+    verb, tail = ours.statement(conn, table, update)
     head = f"{verb} {dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in columns)}) VALUES "
-    per_statement = max(1, MAX_PARAMS_PER_STATEMENT // len(columns))
+    limits = ours.limits(conn)
+    per_statement = max(1, limits.params // len(columns))
+    room = limits.bytes - len(head) - len(tail)
+    size_of = ours.param_bytes
     values_of = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
     processed = [(i, process) for i, process in enumerate(processors) if process is not None]
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        params: list[Any] = []
-        for row in chunk:
-            values = values_of(row)
-            if processed:
-                values = list(values)
-                for i, process in processed:
-                    if values[i] is not None:
-                        values[i] = process(values[i])
-            params.extend(values)
-        conn.exec_driver_sql(head + ", ".join([group] * len(chunk)) + tail, tuple(params))
+
+    group_bytes = 10 * len(columns) + 4  # "($123456, …), " at most
+    params: list[Any] = []
+    count = size = 0
+
+    def flush() -> None:
+        conn.exec_driver_sql(head + _values(dialect.paramstyle, len(columns), count) + tail, tuple(params))
+
+    for row in rows:
+        values = values_of(row)
+        if processed:
+            values = list(values)
+            for i, process in processed:
+                if values[i] is not None:
+                    values[i] = process(values[i])
+        row_size = group_bytes + sum(map(size_of, values))
+        if row_size > room:
+            raise _too_large(table, columns, values, row_size, room, ours)
+        if count and (count == per_statement or size + row_size > room):
+            flush()
+            params, count, size = [], 0, 0
+        params.extend(values)
+        count += 1
+        size += row_size
+    flush()
 
 
-def _placeholder(paramstyle: str) -> str:
+def _too_large(table: Table, columns: list[str], values: Sequence[Any], size: int, room: int, ours: Dialect):
+    """A row that no statement can carry: the store turns mirror rows like this into rejects first."""
+    widest = max(range(len(columns)), key=lambda i: ours.param_bytes(values[i]))
+    return TargetError(
+        f"a row of {table.name} is too large to write: {size:,} bytes ({columns[widest]} the most) where one "
+        f"statement on this server carries {max(room, 0):,}{ours.limit_hint}",
+        "the next run retries",
+    )
+
+
+def _values(paramstyle: str, columns: int, rows: int) -> str:
+    """The placeholders of a multi-row VALUES list, in the driver's style."""
+    if paramstyle == "numeric_dollar":  # numbered: $1, $2, … (PostgreSQL's own; nothing to rewrite)
+        return ", ".join(
+            "(" + ", ".join(f"${n}" for n in range(row * columns + 1, row * columns + columns + 1)) + ")"
+            for row in range(rows)
+        )
     if paramstyle == "qmark":
-        return "?"
-    if paramstyle in ("format", "pyformat"):
-        return "%s"
-    raise TargetError(f"unsupported driver parameter style {paramstyle!r}")
-
-
-def _conflict_clause(conn: Connection, table: Table, update: Sequence[str]) -> str:
-    quote = conn.dialect.identifier_preparer.quote
-    if is_mysql(conn):
-        if not update:
-            return ""  # INSERT IGNORE
-        # MySQL 8.0.20+ deprecates VALUES(col) for a row alias; MariaDB knows only VALUES(col).
-        version = conn.dialect.server_version_info or ()
-        if not conn.dialect.is_mariadb and version >= (8, 0, 20):
-            return " AS new ON DUPLICATE KEY UPDATE " + ", ".join(f"{quote(c)} = new.{quote(c)}" for c in update)
-        return " ON DUPLICATE KEY UPDATE " + ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in update)
-    key = ", ".join(quote(c.name) for c in table.primary_key.columns)
-    if not update:
-        return f" ON CONFLICT ({key}) DO NOTHING"
-    return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in update)
+        mark = "?"
+    elif paramstyle in ("format", "pyformat"):
+        mark = "%s"
+    else:
+        raise TargetError(f"unsupported driver parameter style {paramstyle!r}")
+    return ", ".join(["(" + ", ".join([mark] * columns) + ")"] * rows)
 
 
 class Database:
@@ -152,64 +125,53 @@ class Database:
         self.config = config
         self.url_masked = mask_url(config.target.url)
         self.engine = engine or make_engine(config.target.url)
+        self.dialect = dialects.of(self.engine)
         self.tables = Tables(config)
+        self._secret = make_url(config.target.url).password or ""
         self._schema_ready = False
 
     def ensure_schema(self) -> None:
         if not self._schema_ready:
-            with translate_errors(self.url_masked):
+            with self._translated():
                 self.tables.ensure(self.engine)
             self._schema_ready = True
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """One transaction, with driver errors turned into ``TargetError``."""
-        with translate_errors(self.url_masked), self.engine.begin() as conn:
+        with self._translated(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        with translate_errors(self.url_masked), self.engine.connect() as conn:
+        with self._translated(), self.engine.connect() as conn:
             yield conn
+
+    def _translated(self):
+        return translate_errors(self.url_masked, self.dialect, self._secret)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
 @contextmanager
-def translate_errors(where: str) -> Iterator[None]:
+def translate_errors(where: str, dialect: Dialect, secret: str = "") -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise describe_db_error(exc, where) from None
+        raise describe_db_error(exc, where, dialect, secret) from None
     except SQLAlchemyError as exc:
         # Never str(exc): SQLAlchemy appends the statement and its parameters.
         raise TargetError(f"database error on {where}: {type(exc).__name__}") from None
 
 
-def describe_db_error(exc: DBAPIError, where: str) -> TargetError:
-    orig = exc.orig
-    args = getattr(orig, "args", ())
-    code = args[0] if args and isinstance(args[0], int) else None
-    text = str(args[1]) if len(args) > 1 else str(orig)
-    if code in MYSQL_UNREACHABLE or exc.connection_invalidated:
-        return TargetError(
-            f"database unreachable: {where} ({text})", "start the server or fix [target] url; the next run retries"
-        )
-    if code == 1045:
-        return TargetError(
-            f"database refused the login: {text}", "check the user and password in [target] url or EMPSYNC_TARGET_URL"
-        )
-    if code == 1049:
-        return TargetError(f"database does not exist: {text}", "create it (CREATE DATABASE …) or fix [target] url")
-    if code in (1044, 1142, 1227):
-        return TargetError(
-            f"database permission denied: {text}", "grant the user SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER"
-        )
-    if "unable to open database file" in text:
-        return TargetError(f"cannot open the SQLite file {where}", "check the folder exists and is writable")
-    if "database is locked" in text:
-        return TargetError(
-            f"SQLite database is locked: {where}", "another process holds a long write; the next run retries"
-        )
+def describe_db_error(exc: DBAPIError, where: str, dialect: Dialect, secret: str = "") -> TargetError:
+    text = dialect.error_text(exc)
+    if len(secret) > 2:  # no driver here echoes the password; should one ever do, it stays hidden
+        text = text.replace(secret, "***")
+    found = dialect.describe_error(exc, where, text)
+    if found is not None:
+        return found
+    if exc.connection_invalidated:
+        return unreachable(where, text)
     return TargetError(f"database error on {where}: {text[:300]}")

@@ -524,6 +524,10 @@ class SyncEngine:
                 decision = self._decide(run, have, doc, row, digest, previously_rejected)
                 found_deleted_at = have.deleted_at if have is not None else None
                 plans.append(Planned(doc.id, decision, row, digest, doc.update_time, found_deleted_at))
+            # Rows the database cannot take (too large for one statement, say) are rejects, not a failed batch.
+            plans, unstorable = self.mirror.refuse_unstorable(conn, plans)
+            rejected += unstorable
+            run.counts.rejected += len(unstorable)
             for plan in plans:
                 _count(plan.decision, run.counts)
             if run.dry_run:

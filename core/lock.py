@@ -1,23 +1,25 @@
 """The named sync lock: one sync at a time across processes and machines.
 
-MySQL/MariaDB: ``GET_LOCK`` held on a dedicated connection, so it dies with
-the process or the connection (kill -9 included). SQLite: ``flock`` on a file
-beside the database, which the kernel releases the same way.
+Each target's lock lives in its dialect module (``core.dialects``): a named
+lock held by a dedicated connection on a server (MySQL's ``GET_LOCK``,
+PostgreSQL's advisory lock), which dies with the process or the connection
+(kill -9 included), or ``flock`` on a file beside an SQLite database, which
+the kernel releases the same way. The kinds of lock are here.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .db import is_mysql
+from . import dialects
 
 
 class SyncLock:
@@ -42,18 +44,21 @@ class SyncLock:
         self.release()
 
 
-def lock_name(engine: Engine, table: str) -> str:
-    database = engine.url.database or ""
-    name = f"empsync:{database}.{table}"
-    if len(name) > 64:  # MySQL's limit for lock names
-        name = "empsync:" + hashlib.sha1(name.encode()).hexdigest()
-    return name
+class ConnectionLock(SyncLock):
+    """A server's session lock, held by a connection of its own and gone with it.
 
+    A subclass gives the three statements, each taking the lock's ``params``
+    and answering 1 for yes: try to take it now, is it still ours, give it back.
+    """
 
-class MySQLLock(SyncLock):
-    def __init__(self, engine: Engine, table: str) -> None:
+    TRY: str
+    HELD: str
+    RELEASE: str
+
+    def __init__(self, engine: Engine, name: str, params: dict[str, Any]) -> None:
         self.engine = engine
-        self.name = lock_name(engine, table)
+        self.name = name
+        self.params = params
         self._conn: Connection | None = None
 
     def acquire(self) -> bool:
@@ -62,7 +67,7 @@ class MySQLLock(SyncLock):
         self._drop()
         conn = self.engine.connect()
         try:
-            got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar()
+            got = conn.execute(text(self.TRY), self.params).scalar()
             conn.commit()
         except SQLAlchemyError:
             conn.close()
@@ -77,7 +82,7 @@ class MySQLLock(SyncLock):
         if self._conn is None:
             return False
         try:
-            held = self._conn.execute(text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": self.name}).scalar()
+            held = self._conn.execute(text(self.HELD), self.params).scalar()
             self._conn.commit()
             return held == 1
         except SQLAlchemyError:
@@ -88,7 +93,7 @@ class MySQLLock(SyncLock):
         if self._conn is None:
             return
         try:
-            self._conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+            self._conn.execute(text(self.RELEASE), self.params)
             self._conn.commit()
         except SQLAlchemyError:
             pass  # the server drops the lock with the connection anyway
@@ -113,7 +118,7 @@ class FileLock(SyncLock):
     def acquire(self) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # beside employee records: theirs to read only
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # private, like the database beside it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,8 +162,12 @@ class ProcessLock(SyncLock):
 
 
 def make_lock(engine: Engine, table: str) -> SyncLock:
-    if is_mysql(engine):
-        return MySQLLock(engine, table)
+    """The sync lock for a table, of the kind its database has."""
+    return dialects.of(engine).make_lock(engine, table)
+
+
+def file_lock(engine: Engine, table: str) -> SyncLock:
+    """SQLite's: a file beside the database, or a lock in this process for an in-memory one."""
     database = make_url(engine.url).database
     if database in (None, "", ":memory:"):
         return ProcessLock(f"memory:{table}")

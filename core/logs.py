@@ -82,17 +82,17 @@ class LibraryFilter(logging.Filter):
         if record.name == OWN_LOGGER or record.name.startswith(OWN_LOGGER + "."):
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None:
-            reason = describe_exception(exc)
-            if isinstance(record.args, tuple):  # a message quoting the exception quotes its reason instead
-                record.args = tuple(reason if arg is exc else arg for arg in record.args)
-            try:
-                message = record.getMessage()
-            except Exception:  # noqa: BLE001 - a library's malformed format: its bare text
-                message = str(record.msg)
-            record.msg = message if reason in message else f"{message} ({reason})"
-            record.args = None
-            record.exc_info = record.exc_text = record.stack_info = None
+        reason = describe_exception(exc) if exc is not None else None
+        if reason is not None and isinstance(record.args, tuple):  # quoting the exception: quote its reason
+            record.args = tuple(reason if arg is exc else arg for arg in record.args)
+        try:
+            message = record.getMessage().rstrip()  # a captured warning ends in a newline
+        except Exception:  # noqa: BLE001 - a library's malformed format: its bare text
+            message = str(record.msg)
+        if reason is not None and reason not in message:
+            message = f"{message} ({reason})"
+        record.msg, record.args = message, None
+        record.exc_info = record.exc_text = record.stack_info = None
         if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True
@@ -169,6 +169,7 @@ def configure(level: int = logging.INFO, fmt: str = "text", stream=None, detail:
     root.setLevel(level)
     for noisy in NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.captureWarnings(True)  # a library's warning is a log line too, not raw text on stderr
     return handler
 
 

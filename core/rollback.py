@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, distinct, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from . import state as keys
@@ -192,14 +192,16 @@ class Rollback:
 
     def _documents_of(self, conn: Connection, runs: Iterable[int]) -> set[str]:
         c = self.t.changes.c
-        return set(conn.execute(select(distinct(c.document_id)).where(c.run_id.in_(list(runs)))).scalars())
+        return set(conn.execute(select(c.document_id).where(c.run_id.in_(list(runs))).distinct()).scalars())
 
     def _later_runs(self, conn: Connection, after: int, docs: set[str]) -> set[int]:
         c = self.t.changes.c
         found: set[int] = set()
         ids = sorted(docs)
         for start in range(0, len(ids), ID_CHUNK):
-            query = select(distinct(c.run_id)).where(c.run_id > after, c.document_id.in_(ids[start : start + ID_CHUNK]))
+            query = (
+                select(c.run_id).where(c.run_id > after, c.document_id.in_(ids[start : start + ID_CHUNK])).distinct()
+            )
             found.update(r for r in conn.execute(query).scalars() if r is not None)
         return found
 

@@ -1,10 +1,8 @@
-"""The tables empsync owns (DESIGN §4) and the column types behind them.
+"""The tables empsync owns and the column types behind them.
 
-Dialect differences live here, in the types, and nowhere else in the engine:
-document ids are VARBINARY on MySQL/MariaDB, because every character
-collation there either folds case or ignores trailing spaces (and a 1,500-byte
-id in utf8mb4 does not fit an index), while SQLite's default BINARY collation
-already compares exactly.
+Where a database stores a kind of column its own way (document ids compared
+byte for byte, timestamps with microseconds, long text), its dialect module
+in ``core.dialects`` says how; the types here ask it.
 """
 
 from __future__ import annotations
@@ -25,11 +23,11 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.types import TypeDecorator
 
+from . import dialects
 from .config import (
     DELETED_AT_COLUMN,
     HASH_COLUMN,
@@ -38,9 +36,8 @@ from .config import (
     Config,
     FieldSpec,
 )
+from .dialects.base import MAX_ID_BYTES
 from .errors import SchemaError
-
-MAX_ID_BYTES = 1500
 
 
 class DocumentId(TypeDecorator):
@@ -50,28 +47,34 @@ class DocumentId(TypeDecorator):
     cache_ok = True
 
     def load_dialect_impl(self, dialect):
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.VARBINARY(MAX_ID_BYTES))
-        return dialect.type_descriptor(String(MAX_ID_BYTES))
+        return dialect.type_descriptor(dialects.of(dialect).id_type)
 
     def process_bind_param(self, value, dialect):
-        if value is not None and dialect.name in ("mysql", "mariadb"):
-            return value.encode("utf-8", "surrogatepass")
-        return value
+        return None if value is None else dialects.of(dialect).id_to_db(value)
 
     def process_result_value(self, value, dialect):
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value).decode("utf-8", "surrogatepass")
         return value
 
 
+def _per_dialect(default, kind: str):
+    """``default``, or the type each dialect gives for this kind of column where it differs."""
+    chosen = default
+    for dialect in dialects.registered():
+        own = getattr(dialect, kind)
+        if own is not None:
+            chosen = chosen.with_variant(own, *dialect.backends)
+    return chosen
+
+
 def Timestamp():  # noqa: N802 - reads like the type it makes
-    """Naive UTC datetimes with microseconds (MySQL's DATETIME drops them by default)."""
-    return DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    """Naive UTC datetimes with microseconds."""
+    return _per_dialect(DateTime(), "timestamp_type")
 
 
 def LongText():  # noqa: N802
-    return Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    return _per_dialect(Text(), "long_text_type")
 
 
 def column_type(spec: FieldSpec):
@@ -99,9 +102,15 @@ COMPATIBLE: dict[str, tuple[type, ...]] = {
     "date": (sqltypes.Date,),
 }
 
-MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+# Each dialect's table options (MySQL: utf8mb4, InnoDB); a database ignores the others'.
+TABLE_OPTIONS = {k: v for dialect in dialects.registered() for k, v in dialect.table_options.items()}
 
-BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+BigId = _per_dialect(BigInteger(), "serial_id_type")
+
+
+def prefix_index(length: int) -> dict:
+    """Index options that keep only a prefix of a column, where a database has them."""
+    return {k: v for dialect in dialects.registered() for k, v in dialect.prefix_index(length).items()}
 
 
 class Tables:
@@ -120,7 +129,7 @@ class Tables:
             Column(SYNCED_AT_COLUMN, Timestamp(), nullable=False),
             Column(DELETED_AT_COLUMN, Timestamp(), nullable=True),
             Column(HASH_COLUMN, String(32), nullable=False),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         self.runs = Table(
             "empsync_runs",
@@ -148,7 +157,7 @@ class Tables:
             Column("pid", Integer),
             Column("target_table", String(64)),  # the mirror table it wrote (a rollback keeps to it)
             Index("ix_empsync_runs_started", "started_at"),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         self.changes = Table(
             "empsync_changes",
@@ -163,9 +172,9 @@ class Tables:
             Column("new_value", LongText()),
             # A prefix is enough to find a document's history; a 1,500-byte key
             # would make every audit insert pay for a wide index entry.
-            Index("ix_empsync_changes_document", "document_id", mysql_length=64),
+            Index("ix_empsync_changes_document", "document_id", **prefix_index(64)),
             Index("ix_empsync_changes_changed_at", "changed_at"),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         self.rejects = Table(
             "empsync_rejects",
@@ -176,7 +185,7 @@ class Tables:
             Column("field", String(1500)),
             Column("reason", Text, nullable=False),
             Column("firestore_update_time", Timestamp()),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         self.holds = Table(
             "empsync_holds",
@@ -184,7 +193,7 @@ class Tables:
             Column("document_id", DocumentId(), primary_key=True),
             Column("run_id", BigInteger),  # the rollback that holds it
             Column("held_at", Timestamp(), nullable=False),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         # Listen mode's write-to-row lag, per hour and listen session: that hour's percentiles.
         self.lag = Table(
@@ -196,7 +205,7 @@ class Tables:
             Column("p50_ms", Integer, nullable=False),
             Column("p95_ms", Integer, nullable=False),
             Column("max_ms", Integer, nullable=False),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
         self.state = Table(
             "empsync_state",
@@ -204,7 +213,7 @@ class Tables:
             Column("key", String(64), primary_key=True),
             Column("value", Text),
             Column("updated_at", Timestamp(), nullable=False),
-            **MYSQL_TABLE_ARGS,
+            **TABLE_OPTIONS,
         )
 
     @property

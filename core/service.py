@@ -181,6 +181,10 @@ class SyncService:
         """What rolling back run ``run`` would change: a dry run, which only reads (any thread)."""
         return self.engine.rollback(run, dry_run=True, cascade=cascade, trigger="api")
 
+    def run_changes(self, run: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """One run's field-level changes, oldest first (reads the database: any thread)."""
+        return self.engine.state.changes_of_run(run, limit)
+
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The run history, newest first, as JSON-ready rows (reads the database: any thread)."""
         from .render import jsonable

@@ -294,6 +294,13 @@ class State:
         with self.db.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings().all()]
 
+    def changes_of_run(self, run_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """A run's field-level changes, in the order it made them."""
+        ch = self.t.changes
+        stmt = select(ch).where(ch.c.run_id == run_id).order_by(ch.c.id).limit(limit)
+        with self.db.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings().all()]
+
     def rejects(self, limit: int = 1000) -> list[dict[str, Any]]:
         r = self.t.rejects
         with self.db.connect() as conn:

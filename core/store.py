@@ -23,6 +23,8 @@ from .mapping import Reject, display
 
 # Keep IN (...) lists well inside every server's limits.
 ID_CHUNK = 500
+# What an audit row carries besides its values: run id, time, operation, field name, placeholders.
+AUDIT_ROW_BYTES = 512
 # The audit operation of a write that put a drifted row right (old: what the row held).
 REPAIR = "repair"
 
@@ -76,6 +78,9 @@ class MirrorStore:
             m.c[UPDATE_TIME_COLUMN],
             m.c[DELETED_AT_COLUMN],
         ).where(key.in_(bindparam("ids", expanding=True)))
+        # The most text an upsert of this table carries besides its values: the column
+        # names in the head and in the conflict clause, the placeholders, the bookkeeping values.
+        self._row_text = sum(3 * len(c.name) + 64 for c in m.columns) + 256
         r = self.t.rejects
         self._rejected = select(r.c.document_id).where(r.c.document_id.in_(bindparam("ids", expanding=True)))
 
@@ -93,6 +98,53 @@ class MirrorStore:
                     deleted_at=row[n + 3],
                 )
         return found
+
+    def refuse_unstorable(self, conn: Connection, plans: list[Planned]) -> tuple[list[Planned], list[Rejected]]:
+        """Writes the database cannot take become rejects naming the field, so the rest of the batch lands.
+
+        A row, or an audit row of one of its changes, that alone is larger
+        than one statement may carry on this connection (MySQL's
+        max_allowed_packet) would have the server drop the connection on every
+        retry; a value the database cannot hold (U+0000 in PostgreSQL text)
+        would fail the batch on every run. The previous good row stays.
+        """
+        dialect = self.db.dialect
+        size = dialect.param_bytes
+        room = dialect.limits(conn).bytes - self._row_text
+        kept: list[Planned] = []
+        refused: list[Rejected] = []
+        for plan in plans:
+            decision = plan.decision
+            if not decision.writes:
+                kept.append(plan)
+                continue
+            values = plan.row if decision.op is Op.INSERT else {c: plan.row[c] for c in decision.columns}
+            problem = dialect.unstorable(values)
+            if problem is None:
+                widths = {c: size(v) for c, v in values.items()}
+                needed = sum(widths.values()) + size(plan.doc_id)
+                widest = max(widths, key=widths.__getitem__, default=self.id_column)
+                for change in decision.field_changes:  # audit rows hold the old and the new value
+                    audited = (
+                        size(display(change.old)) + size(display(change.new)) + size(plan.doc_id) + AUDIT_ROW_BYTES
+                    )
+                    if audited > needed:
+                        needed, widest = audited, change.column
+                if needed > room:
+                    problem = (
+                        widest,
+                        (
+                            f"too large to write: {needed:,} bytes where one statement on this server carries "
+                            f"{max(room, 0):,}{dialect.limit_hint}"
+                        ),
+                    )
+            if problem is None:
+                kept.append(plan)
+                continue
+            column, reason = problem
+            spec = self.db.config.field_by_column(column)
+            refused.append(Rejected(plan.doc_id, Reject(spec.path if spec else column, reason), plan.update_time))
+        return kept, refused
 
     def rejected_among(self, conn: Connection, ids: Sequence[str]) -> set[str]:
         """Which of these documents have a recorded reject."""

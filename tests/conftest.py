@@ -1,9 +1,9 @@
-"""Shared fixtures: one real emulator and one real MariaDB per test session.
+"""Shared fixtures: one real emulator, one real MariaDB and one real PostgreSQL per test session.
 
 Tests isolate themselves inside them: each gets its own Firestore project id
-and its own MariaDB database, so nothing needs cleaning up. With CI=true a
-server that cannot start fails the run; elsewhere its tests are skipped with
-the reason.
+and its own database, so nothing needs cleaning up. With CI=true a server
+that cannot start fails the run; elsewhere its tests are skipped with the
+reason.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from core.demo import DEMO_FIELDS
 from core.errors import EmpsyncError
 from core.source import make_client
 
-from .servers import MariaDB, ServerMissing, start_emulator
+from .servers import MariaDB, PostgreSQL, ServerMissing, start_emulator
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +45,14 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def started(server):
+    """A test server started, or the test failed (CI) or skipped with the reason."""
+    try:
+        return server.start()
+    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
+        _unavailable(type(server).__name__, exc)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     try:
@@ -57,10 +65,14 @@ def emulator(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
-    try:
-        server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
-    except (ServerMissing, OSError, subprocess.SubprocessError) as exc:
-        _unavailable("MariaDB", exc)
+    server = started(MariaDB(tmp_path_factory.mktemp("mariadb")))
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = started(PostgreSQL())
     yield server
     server.destroy()
 
@@ -76,16 +88,31 @@ def mysql_url(mariadb, project) -> str:
 
 
 @pytest.fixture
+def postgresql_url(postgres, project) -> str:
+    return postgres.url(postgres.create_database(project.replace("-", "_")))
+
+
+@pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mirror.db'}"
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
+TARGET_URLS = {"sqlite": "sqlite_url", "mariadb": "mysql_url", "postgresql": "postgresql_url"}
+
+
+@pytest.fixture(params=list(TARGET_URLS))
 def target_url(request) -> str:
-    """Runs the test once per target: the embedded default and the product's real one."""
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_url")
-    return request.getfixturevalue("mysql_url")
+    """Runs the test once per target: the embedded default and each server empsync writes."""
+    return request.getfixturevalue(TARGET_URLS[request.param])
+
+
+SERVERS = {"mariadb": "mysql_url", "postgresql": "postgresql_url"}
+
+
+@pytest.fixture(params=list(SERVERS))
+def server_url(request) -> str:
+    """Runs the test once per database server: for what SQLite has no part in (a lock on a server)."""
+    return request.getfixturevalue(SERVERS[request.param])
 
 
 @pytest.fixture

@@ -280,10 +280,11 @@ def test_check_interval_is_the_same_rule_for_the_cli():
     [
         ("not a url", "not a database URL"),
         ("", "not a database URL"),
-        ("postgresql://u:pw@localhost/db", "unsupported database 'postgresql'"),
         ("oracle://u:pw@localhost/db", "unsupported database 'oracle'"),
         ("mssql+pyodbc://u:pw@dsn", "unsupported database 'mssql'"),
         ("mysql+mysqldb://u:pw@localhost/db", "driver 'mysqldb'"),
+        ("postgresql+psycopg2://u:pw@localhost/db", "driver 'psycopg2'"),
+        ("postgresql+psycopg://u:pw@localhost/db?bogus=1", 'invalid connection option "bogus"'),
     ],
 )
 def test_bad_target_urls(url, words):
@@ -294,7 +295,8 @@ def test_bad_target_urls(url, words):
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql://user:Hunter2pw@localhost/db",
+        "oracle://user:Hunter2pw@localhost/db",
+        "postgresql+psycopg2://user:Hunter2pw@localhost/db",
         "nonsense://user:Hunter2pw@host/db",
         "bad url:Hunter2pw@x",
         "mysql+pymysql:/user:Hunter2pw@host/db",  # one slash short: unparsable
@@ -321,7 +323,15 @@ def test_an_unencoded_at_sign_is_explained():
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///employee_sync.db", "sqlite://", "mysql+pymysql://u:pw@127.0.0.1:3306/hr", "mariadb+pymysql://u@h/db"],
+    [
+        "sqlite:///employee_sync.db",
+        "sqlite://",
+        "mysql+pymysql://u:pw@127.0.0.1:3306/hr",
+        "mariadb+pymysql://u@h/db",
+        "mysql://u@h/db",  # no driver named: PyMySQL
+        "postgresql+psycopg://u:pw@127.0.0.1:5432/hr",
+        "postgresql://u@h/db",  # no driver named: psycopg
+    ],
 )
 def test_supported_target_urls(url):
     assert build(target={"url": url}).target.url == url
@@ -423,7 +433,7 @@ def test_bad_environment_values_name_the_variable(var, text, words):
     [
         ("EMPLOYEE_SYNC_INTERVAL", "5", "sync.interval"),
         ("FIRESTORE_CACHE_TIMEOUT", "-1", "sync.cache_timeout"),
-        ("EMPSYNC_TARGET_URL", "postgresql://u:pw@h/db", "target.url"),
+        ("EMPSYNC_TARGET_URL", "oracle://u:pw@h/db", "target.url"),
         ("FIRESTORE_EMULATOR_HOST", "nohost", "source.emulator_host"),
     ],
 )
@@ -437,7 +447,7 @@ def test_an_out_of_range_environment_value_names_the_variable_and_the_key(var, t
 
 def test_an_out_of_range_command_line_value_says_so():
     with pytest.raises(ConfigError) as info:
-        build(overrides={"target.url": "postgresql://u:pw@h/db"})
+        build(overrides={"target.url": "oracle://u:pw@h/db"})
     assert "target.url" in info.value.message and "command line" in info.value.message
 
 
@@ -559,7 +569,7 @@ def _assert_one_clear_error(proc, *needles: str) -> None:
         ('[fields.name]\n[fields.other]\ncolumn = "name"\n', "fields.other"),
         ('[fields.name]\n[fields.when]\ncolumn = "synced_at"\n', "fields.when"),
         ('[target]\ndelete_mode = "archive"\n[fields.name]\n', "target.delete_mode"),
-        ('[target]\nurl = "postgresql://u:pw@h/db"\n[fields.name]\n', "target.url"),
+        ('[target]\nurl = "oracle://u:pw@h/db"\n[fields.name]\n', "target.url"),
         ('[target]\ntable = "bad-name"\n[fields.name]\n', "target.table"),
         ('[sync]\nmode = "push"\n[fields.name]\n', "sync.mode"),
         ("[source\n", "bad.toml"),

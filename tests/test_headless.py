@@ -230,10 +230,10 @@ def test_the_headless_path_never_imports_textual(make_config, sqlite_url, firest
 
 
 def test_two_services_elect_one_leader_and_kill_9_hands_over(
-    make_config, mysql_url, firestore_client, tmp_path, processes
+    make_config, server_url, firestore_client, tmp_path, processes
 ):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(3)})
-    base = make_config(mysql_url, sync={"interval": 10, "force_interval": 3600})
+    base = make_config(server_url, sync={"interval": 10, "force_interval": 3600})
     port_a, port_b = free_port(), free_port()
     a = Headless(write_toml(tmp_path / "a.toml", with_api(base, port_a)))
     processes.append(a)

@@ -1,9 +1,11 @@
-"""Listen mode (issue 5) against the real emulator and a real MariaDB.
+"""Listen mode (issue 5) against the real emulator and real targets.
 
 Each numbered point of the issue has its tests here: micro-batches through the
 same apply path, the cost of a (re)subscription, the watchdog and an emulator
 outage under a running service, ordering, back-pressure, and the status and
-log lines that show the live mode. Waits poll a condition against a generous
+log lines that show the live mode. What goes through the apply path runs on
+every target (SQLite, MariaDB, PostgreSQL); what only concerns the stream
+runs on MariaDB. Waits poll a condition against a generous
 deadline; nothing asserts on wall time (latency is ``bench/latency.py``'s job).
 """
 
@@ -177,9 +179,9 @@ def listen_runs(config: cfg.Config) -> list[dict[str, Any]]:
 # -- 1. micro-batches through the same path ------------------------------------------------
 
 
-def test_changes_flow_through_the_apply_path_with_audit_rows(make_config, mysql_url, firestore_client):
+def test_changes_flow_through_the_apply_path_with_audit_rows(make_config, target_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(20)})
-    config = listen_config(make_config, mysql_url)
+    config = listen_config(make_config, target_url)
     with live(config) as (service, _events):
         wait_for(lambda: len(mirror_rows(config)) == 20, 30, "the initial 20 rows")
 
@@ -216,10 +218,10 @@ def test_changes_flow_through_the_apply_path_with_audit_rows(make_config, mysql_
 # -- 2. cost ------------------------------------------------------------------------------
 
 
-def test_restart_reads_only_what_changed_while_down(make_config, mysql_url, firestore_client):
+def test_restart_reads_only_what_changed_while_down(make_config, target_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(300)})
     # A long interval: no polled run is due when empsync comes back, only the listener reads.
-    config = listen_config(make_config, mysql_url, sync={"interval": 3600})
+    config = listen_config(make_config, target_url, sync={"interval": 3600})
     with live(config):
         wait_for(lambda: len(mirror_rows(config)) == 300, 60, "the first sync of 300 rows")
 
@@ -244,11 +246,11 @@ def test_restart_reads_only_what_changed_while_down(make_config, mysql_url, fire
     assert differences(config, firestore_client) == []
 
 
-def test_without_updated_field_the_whole_collection_is_watched(make_config, mysql_url, firestore_client, monkeypatch):
+def test_without_updated_field_the_whole_collection_is_watched(make_config, target_url, firestore_client, monkeypatch):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(12)})
     # The short silence bound is for streams whose re-subscription is cheap; not this one.
     monkeypatch.setattr(listen, "SILENCE_S", 0.5)
-    config = listen_config(make_config, mysql_url, source={"updated_field": ""}, target={"delete_mode": "hard"})
+    config = listen_config(make_config, target_url, source={"updated_field": ""}, target={"delete_mode": "hard"})
     with live(config) as (service, _events):
         snapshot = wait_for(
             lambda: (s := service.snapshot()).get("listen_detail") == "the whole collection" and s,
@@ -270,10 +272,10 @@ def test_without_updated_field_the_whole_collection_is_watched(make_config, mysq
 
 
 def test_listen_scope_collection_mirrors_every_deletion_and_keeps_the_watermark(
-    make_config, mysql_url, firestore_client
+    make_config, target_url, firestore_client
 ):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(12)})
-    config = listen_config(make_config, mysql_url, sync={"listen_scope": "collection"})
+    config = listen_config(make_config, target_url, sync={"listen_scope": "collection"})
     with live(config) as (service, _events):
         snapshot = wait_for(
             lambda: (s := service.snapshot()).get("listen_detail") == "the whole collection" and s,
@@ -483,9 +485,9 @@ def drain(config: cfg.Config, client, token: str) -> None:
     wait_row(config, "sentinel", lambda r: r["position"] == token, "the sentinel", timeout=60)
 
 
-def test_quick_updates_end_newest_and_a_recreated_document_ends_present(make_config, mysql_url, firestore_client):
+def test_quick_updates_end_newest_and_a_recreated_document_ends_present(make_config, target_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(5)})
-    config = listen_config(make_config, mysql_url)
+    config = listen_config(make_config, target_url)
     collection = firestore_client.collection("employees")
     with live(config):
         # Many quick sequential updates to one document: the newest version wins.

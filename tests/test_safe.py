@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import unicodedata
+import warnings
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -49,6 +50,9 @@ def unsafe_chars(text: str, *, lines: bool = False) -> list[str]:
     return [c for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES and c not in KEPT | allowed]
 
 
+# On a shared machine a first example that imports Textual may take long: no per-example deadline.
+NO_DEADLINE = settings(deadline=None)
+
 # Text drawn with the dangerous characters over-represented.
 HOSTILE = st.text(
     st.one_of(
@@ -81,6 +85,7 @@ def test_escapes_are_visible_and_ordinary_text_is_untouched():
         assert terminal_safe(text) is text
 
 
+@NO_DEADLINE
 @given(HOSTILE)
 def test_terminal_safe_leaves_nothing_unsafe_and_is_idempotent(text):
     once = terminal_safe(text)
@@ -89,6 +94,7 @@ def test_terminal_safe_leaves_nothing_unsafe_and_is_idempotent(text):
     assert unsafe_chars(terminal_safe(text, multiline=True), lines=True) == []
 
 
+@NO_DEADLINE
 @given(
     st.recursive(st.none() | st.integers() | HOSTILE, lambda inner: st.lists(inner) | st.dictionaries(HOSTILE, inner))
 )
@@ -100,6 +106,7 @@ def test_json_safe_is_exact_and_safe(value):
     assert json.loads(indented) == value and unsafe_chars(indented, lines=True) == []
 
 
+@NO_DEADLINE
 @given(st.dictionaries(HOSTILE, st.one_of(HOSTILE, st.lists(HOSTILE), st.integers())))
 def test_safe_values_reaches_every_string(value):
     assert unsafe_chars(json.dumps(safe_values(value), ensure_ascii=False).replace("\\", "")) == []
@@ -110,7 +117,7 @@ def test_safe_values_reaches_every_string(value):
 AT = datetime(2026, 1, 2, 3, 4, 5)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE), min_size=1, max_size=5))
 def test_changes_and_rejects_text_show_one_safe_line_per_row(rows):
     changes = [
@@ -131,6 +138,7 @@ def test_changes_and_rejects_text_show_one_safe_line_per_row(rows):
         assert len(text.split("\n")) == len(rows), "a value started a line of its own"
 
 
+@NO_DEADLINE
 @given(HOSTILE, HOSTILE, st.lists(HOSTILE, max_size=3))
 def test_status_sync_and_verify_text_are_safe(error, doc_id, ids):
     status = {
@@ -194,6 +202,7 @@ def stream_handler(fmt: str, detail: bool = False) -> tuple[logging.Handler, io.
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +")
 
 
+@NO_DEADLINE
 @given(HOSTILE)
 def test_text_log_lines_escape_the_message_and_the_traceback(value):
     handler, out = stream_handler("text")
@@ -218,6 +227,7 @@ def test_secrets_leave_no_trace_in_messages_or_tracebacks(secret, monkeypatch):
         assert "Traceback" in text and "RuntimeError: ***" in text
 
 
+@NO_DEADLINE
 @given(HOSTILE)
 def test_json_log_lines_are_exact_and_safe(value):
     handler, out = stream_handler("json")
@@ -282,6 +292,7 @@ def test_verbose_or_empsync_debug_shows_a_library_traceback_in_full(how, monkeyp
 # -- the console ------------------------------------------------------------------------------
 
 
+@NO_DEADLINE
 @given(HOSTILE, HOSTILE)
 def test_console_log_pane_changes_rejects_and_status_are_safe(message, value):
     from rich.text import Text
@@ -312,3 +323,20 @@ def test_console_log_pane_changes_rejects_and_status_are_safe(message, value):
     }  # fmt: skip
     for _label, text in rows(snap, "error", datetime.now(UTC).replace(tzinfo=None)):
         assert isinstance(text, Text) and unsafe_chars(text.plain) == [], text.plain
+
+
+def test_a_warning_is_a_formatted_log_line_not_raw_stderr():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    try:
+        logs.configure(stream=out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a library is unhappy \x1b[2J", UserWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    (line,) = out.getvalue().splitlines()
+    assert TEXT_LINE.match(line) and " WARNING " in line and "UserWarning: a library is unhappy \\x1b[2J" in line

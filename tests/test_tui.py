@@ -33,10 +33,13 @@ from tui import format as fmt
 from tui.app import EmpsyncApp
 from tui.messages import LogLine
 from tui.panes.changes import MAX_CHANGES
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.filter import FilterScreen
 from tui.screens.help import HelpScreen
+from tui.screens.ids import IdsScreen
 from tui.screens.interval import IntervalScreen
 from tui.screens.rejects import RejectsScreen
+from tui.screens.runs import RunChangesScreen, RunsScreen
 
 from .conftest import employee, run_cli, write_docs, write_toml
 
@@ -110,6 +113,47 @@ async def test_force_sync_shows_in_status_stats_and_log(make_config, mysql_url, 
         assert "***" in app.status_pane.text and "s3cret" not in app.status_pane.text  # password masked
         assert any("Force sync done" in t for t in app.toasts)
         await pilot.press("q")
+    service.stop()
+
+
+@pytest.mark.integration
+async def test_selected_employees_then_the_history_and_a_rollback_from_the_console(
+    make_config, sqlite_url, firestore_client
+):
+    from google.cloud import firestore
+
+    write_docs(firestore_client, {f"e{i}": employee(i) for i in range(5)})
+    app, service = console(make_config(sqlite_url, sync={"interval": 3600}))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: last_run_done(service), "the start-up run")
+        firestore_client.collection("employees").document("e1").update(
+            {"salary": 7, "updated_at": firestore.SERVER_TIMESTAMP}
+        )
+        await pilot.press("e")
+        assert isinstance(app.screen, IdsScreen)
+        await pilot.press(*"e1, x/y")
+        assert "/" in app.screen.problem  # refused as you type
+        await pilot.press(*["backspace"] * 5, "enter")
+        await until(pilot, lambda: last_run_done(service, "ids"), "the ids run")
+        await until(pilot, lambda: any("Sync of selected employees done" in t for t in app.toasts), "its toast")
+        ids_run = service.snapshot()["last_result"]["run_id"]
+
+        await pilot.press("h")
+        assert isinstance(app.screen, RunsScreen)
+        await until(pilot, lambda: len(app.screen.rows) >= 2, "the run history")
+        assert app.screen.rows[0]["id"] == ids_run and app.screen.rows[0]["kind"] == "ids"
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RunChangesScreen) and app.screen.rows, "the run's changes")
+        assert {(r["field"], r["new_value"]) for r in app.screen.rows} >= {("salary", "7")}
+        await pilot.press("escape")
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        assert "1 row" in app.screen.text and "paused" in app.screen.text
+        await pilot.press("y")
+        await until(pilot, lambda: last_run_done(service, "rollback"), "the rollback")
+        await until(pilot, lambda: any("rolled back" in t for t in app.toasts), "the rollback's toast")
+        await until(pilot, lambda: service.snapshot().get("paused"), "the pause after a rollback")
+        await pilot.press("escape", "q")
     service.stop()
 
 

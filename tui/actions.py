@@ -21,6 +21,7 @@ class ConsoleAction:
     label: str  # short, for the footer
     title: str  # for the command palette and help
     help: str
+    footer: bool = True  # shown in the footer; the rest are in help (?) and the palette
 
 
 ACTIONS: tuple[ConsoleAction, ...] = (
@@ -37,6 +38,24 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         "slash", "/", "filter", "Filter", "Filter recent changes", "Show only changes whose document id or name matches"
     ),
     ConsoleAction("r", "r", "rejects", "Rejects", "Show rejects", "Documents that failed validation, with the reason"),
+    ConsoleAction(
+        "e",
+        "e",
+        "sync_ids",
+        "Employees",
+        "Sync selected employees",
+        "Read and sync the documents you name, now",
+        footer=False,
+    ),
+    ConsoleAction(
+        "h",
+        "h",
+        "history",
+        "History",
+        "Run history",
+        "Every run with its counts and reads; Enter: changes, u: roll back",
+        footer=False,
+    ),
     ConsoleAction("question_mark", "?", "help", "Help", "Help", "Keys and what they do"),
     ConsoleAction("q", "q", "quit", "Quit", "Quit", "Stop the service cleanly, release the sync lock, and exit"),
 )
@@ -52,7 +71,7 @@ OTHER_KEYS: tuple[tuple[str, str], ...] = (
 
 
 def bindings() -> list[Binding]:
-    out = [Binding(a.key, a.action, a.label, key_display=a.display) for a in ACTIONS]
+    out = [Binding(a.key, a.action, a.label, key_display=a.display, show=a.footer) for a in ACTIONS]
     out.append(Binding("escape", "clear_filter", "Clear filter", show=False))
     return out
 

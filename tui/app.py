@@ -42,8 +42,10 @@ from .panes.status import StatusPane
 from .screens.dialog import FieldDialog
 from .screens.filter import FilterScreen
 from .screens.help import HelpScreen
+from .screens.ids import IdsScreen
 from .screens.interval import IntervalScreen
 from .screens.rejects import RejectsScreen
+from .screens.runs import RunsScreen
 
 log = logging.getLogger("empsync.console")
 
@@ -225,9 +227,14 @@ class EmpsyncApp(App[int]):
         result = message.result
         if getattr(result, "trigger", "") == "console":
             c = result.counts
-            written = c.inserted + c.updated + c.deleted
+            if result.kind == "rollback":
+                self.toast(result.reason, title="Rolled back")
+                return
+            written = c.inserted + c.updated + c.deleted + c.repaired
+            what = {"force": "Force sync", "ids": "Sync of selected employees"}.get(result.kind, "Sync")
+            repaired = f", {c.repaired:,} repaired" if c.repaired else ""
             self.toast(
-                f"{'Force sync' if result.forced else 'Sync'} done: {c.fetched:,} read, {written:,} written, "
+                f"{what} done (run #{result.run_id}): {c.fetched:,} read, {written:,} written{repaired}, "
                 f"{c.rejected:,} rejected in {result.duration_ms / 1000:.1f} s"
             )
 
@@ -479,6 +486,26 @@ class EmpsyncApp(App[int]):
         self.push_screen(self._rejects_screen)
         self.call_after_refresh(self._layout, self.size.width)  # its footer, too
         self._load_rejects()
+
+    def action_history(self) -> None:
+        if not isinstance(self.screen, RunsScreen):
+            self.push_screen(RunsScreen())
+            self.call_after_refresh(self._layout, self.size.width)
+
+    def action_sync_ids(self) -> None:
+        if not isinstance(self.screen, IdsScreen):
+            self.push_screen(IdsScreen(), self._ids_chosen)
+
+    def _ids_chosen(self, ids: tuple[str, ...] | None) -> None:
+        if not ids:
+            return
+        try:
+            ticket = self.service.sync_ids(ids, "console")
+        except EmpsyncError as exc:
+            self.toast(exc.message, severity="error")
+            return
+        self.toast(f"Sync of {len(ids):,} employee(s) queued (#{ticket.request_id})")
+        self._dirty = True
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

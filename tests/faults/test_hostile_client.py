@@ -37,7 +37,7 @@ from core.emulator import free_port
 
 from ..conftest import employee, write_docs, write_toml
 from ..service_support import TEXT_LINE, Headless, exchange, http, wait_for
-from .support import TOKEN, Db, api, seeded, with_api
+from .support import TOKEN, Db, api, force_sync, seeded, with_api
 
 pytestmark = pytest.mark.integration
 
@@ -165,6 +165,7 @@ def test_a_hostile_client_changes_nothing_and_cannot_starve_the_service(
     port = free_port()
     config = with_api(make_config(mysql_url, sync={"interval": 86_400, "force_interval": 7 * 86_400}), port)
     path = write_toml(tmp_path / "sync.toml", config)
+    force_sync(path)  # nothing is due while the attacks come in: any run would be theirs
     proc = Headless(path)
     processes.append(proc)
     db = Db(mysql_url)

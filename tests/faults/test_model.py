@@ -353,8 +353,11 @@ class History:
         rows, rejects = self.table_state()
         for doc_id in sorted(due):
             if doc_id in self.model.docs:
-                self.check_document(doc_id, rows, rejects, uncertain)
-                self.model.drifted.pop(doc_id, None)  # read and written in full: healed
+                # A drifted row heals when its new version differs from the one it was written from,
+                # and stays when the write gave the same content (the hash is trusted): perhaps, now.
+                self.check_document(doc_id, rows, rejects, uncertain | set(self.model.drifted))
+                if doc_id in self.model.drifted:
+                    self.model.drifted[doc_id] = False
 
     def check_full_read(self, result: RunResult, allowed: bool, uncertain: set[str] = frozenset()) -> None:
         """After a complete read: the table equals the model (a force run also heals drift)."""
@@ -428,9 +431,9 @@ class History:
             found = frozen(self.mapped(row))
         possible = self.model.possible.get(doc_id, {ABSENT})
         data = self.model.docs.get(doc_id)
-        loose = doc_id in uncertain or (
-            data is not None and doc_id in self.model.drifted and self.expected(data) is None
-        )
+        if doc_id in self.model.drifted and (doc_id in uncertain or (data is not None and self.expected(data) is None)):
+            return  # edited by hand and not (certainly) healed yet: any row will do until a force run
+        loose = doc_id in uncertain
         if data is None:  # gone from Firestore, or a row nobody wrote
             want = {"soft": {"deleted", ABSENT}, "hard": {ABSENT}, "keep": None}[self.delete_mode]
             if want is not None and not deletions_held and not loose and found not in want:
