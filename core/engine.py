@@ -25,7 +25,7 @@ from .config import Config
 from .db import Database
 from .diff import Decision, Op, decide
 from .errors import Cancelled, EmpsyncError, LockHeld, TargetError
-from .events import BatchApplied, ChangeRecord, EventBus, SyncFailed, SyncFinished, SyncStarted
+from .events import BatchApplied, ChangeRecord, EventBus, RunCounts, RunReport, SyncFailed, SyncFinished, SyncStarted
 from .lock import SyncLock, make_lock
 from .mapping import RejectError, content_hash, map_document
 from .source import FirestoreSource, SourceDoc
@@ -88,6 +88,25 @@ class RunResult:
     incremental: bool = False
     # A rollback's runs, newest first.
     rolled_back: list[int] = field(default_factory=list)
+
+    def report(self) -> RunReport:
+        """This result frozen, for events: it no longer changes when the run's bookkeeping goes on."""
+        return RunReport(
+            status=self.status,
+            kind=self.kind,
+            trigger=self.trigger,
+            counts=RunCounts(**self.counts.as_dict()),
+            duration_ms=self.duration_ms,
+            run_id=self.run_id,
+            started_at=self.started_at,
+            forced=self.forced,
+            dry_run=self.dry_run,
+            incremental=self.incremental,
+            reason=self.reason,
+            hint=self.hint,
+            exit_code=self.exit_code,
+            rolled_back=tuple(self.rolled_back),
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -398,7 +417,7 @@ class SyncEngine:
         self._finish(run, result, blocked)
         if blocked is not None:
             raise blocked
-        self.bus.emit(SyncFinished(utcnow(), result))
+        self.bus.emit(SyncFinished(utcnow(), result.report()))
 
     def _run_ids(self, result: RunResult, stop: threading.Event, lock: SyncLock | None, ids: list[str]) -> None:
         """Exactly these documents: one billed read each, through the same batch path as any run.
@@ -446,7 +465,7 @@ class SyncEngine:
         if run.dry_run:
             return
         self._finish(run, result, None, schedule=False)
-        self.bus.emit(SyncFinished(utcnow(), result))
+        self.bus.emit(SyncFinished(utcnow(), result.report()))
 
     def _finish(self, run: _Run, result: RunResult, blocked: MassDeleteBlocked | None, schedule: bool = True) -> None:
         """Record a run that read to the end: its row, the last-sync times (``schedule``), the log line."""

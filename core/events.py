@@ -51,8 +51,48 @@ class BatchApplied(Event):
 
 
 @dataclass(frozen=True)
+class RunCounts:
+    """A finished run's counters, as they were when it ended."""
+
+    fetched: int = 0
+    inserted: int = 0
+    updated: int = 0
+    restored: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    repaired: int = 0
+    rejected: int = 0
+    firestore_reads: int = 0
+    naive_reads: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run ended with, frozen: the runs table, ``--json`` and every face see the same figures."""
+
+    status: str  # ok | skipped | failed
+    kind: str  # normal | force | listen | ids | rollback
+    trigger: str
+    counts: RunCounts
+    duration_ms: int
+    run_id: int | None
+    started_at: datetime | None
+    forced: bool = False
+    dry_run: bool = False
+    incremental: bool = False
+    reason: str = ""
+    hint: str = ""
+    exit_code: int = 0
+    rolled_back: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class SyncFinished(Event):
-    result: Any  # engine.RunResult; Any keeps this module free of the engine
+    result: RunReport
 
 
 @dataclass(frozen=True)
@@ -80,13 +120,6 @@ class NotificationSent(Event):
     ok: bool
     attempts: int
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class LogRecord(Event):
-    level: str
-    logger: str
-    message: str
 
 
 Subscriber = Callable[[Event], None]

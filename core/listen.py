@@ -15,7 +15,7 @@ instead, every deletion arriving at once, for a whole read of the collection
 per (re)subscription; that is also the only way without ``updated_field``.
 
 Liveness: the client would reopen a broken stream on its own, at once and
-without end (see ``_no_reopen``); streams here end instead, and the watchdog
+without end (see ``firestore_compat.no_reopen``); streams here end instead, and the watchdog
 re-subscribes with backoff. A stream can also hang on a dead link, so the
 listener watches its gRPC channel: one that has been in TRANSIENT_FAILURE for
 ``LINK_GRACE_S`` counts as a lost stream. A stream that delivers no snapshot
@@ -45,11 +45,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from .firestore_compat import grpc_channel, no_reopen, quiet_stream_endings, unordered
 from .source import FirestoreSource, SourceDoc, to_doc
 from .watermark import Watermark, margin
 
@@ -146,14 +145,9 @@ class Listener:
         now = time.monotonic()
         self._subscribed_at = self._last_signal = now
         self._last_token = None
-        # The client sorts every snapshot's documents, all of them, with the query's
-        # comparator, which builds protobuf messages on each comparison: a fifth of the
-        # client's CPU at 3,000 watched documents, and a sort of the whole collection per
-        # snapshot when the collection is watched. Nothing here reads an order.
-        query._comparator = _unordered
-        _quiet_stream_endings()
-        with self.source.translate(), _no_reopen():
-            self._watch = query.on_snapshot(functools.partial(self._on_snapshot, self._generation))
+        quiet_stream_endings(lambda exc: log.debug("Firestore stream ended: %s", exc))
+        with self.source.translate(), no_reopen():
+            self._watch = unordered(query).on_snapshot(functools.partial(self._on_snapshot, self._generation))
 
     def query(self, since: Watermark | None):
         """What the stream watches: the mapped fields of the documents changed since ``since``.
@@ -189,7 +183,7 @@ class Listener:
         if self._channel is not None:
             return
         try:
-            channel = self.source.client._firestore_api._transport.grpc_channel
+            channel = grpc_channel(self.source.client)
             channel.subscribe(self._on_channel, try_to_connect=False)
         except Exception:  # noqa: BLE001 - no channel to watch: silence remains the bound
             log.debug("cannot watch the Firestore channel's state; relying on the silence bound")
@@ -316,56 +310,3 @@ class Listener:
     def backlog(self) -> int:
         with self._cond:
             return len(self._pending)
-
-
-def _unordered(_a: object, _b: object) -> int:
-    return 0  # a stable sort keeps the client's own order, in one pass
-
-
-@contextmanager
-def _no_reopen() -> Iterator[None]:
-    """Streams opened inside never reopen themselves: the watchdog re-subscribes, with backoff.
-
-    google-api-core's resumable stream reopens at once on any retryable error,
-    without backoff. While the server refuses connections each new call fails
-    as it starts, its done callback runs inside ``open()`` and reopens again:
-    thousands of threads a second, then a RecursionError in gRPC's own threads
-    that wedged the client (a later poll never returned), and a stream closed
-    meanwhile lived on without a target, a thread and a stream left per outage.
-    The watch takes ``_should_recover`` when it is built, so refusing recovery
-    here ends a broken stream instead; ``needs_restart`` sees it stopped.
-    """
-    from google.cloud.firestore_v1 import watch
-
-    recover = watch._should_recover
-    watch._should_recover = lambda _exc: False
-    try:
-        yield
-    finally:
-        watch._should_recover = recover
-
-
-# The thread on which the client ends a broken stream (google.cloud.firestore_v1.watch).
-_STREAM_END_THREAD = "Thread-OnRpcTerminated"
-
-
-def _quiet_stream_endings() -> None:
-    """Log a stream's end in one line instead of the traceback Python prints for it.
-
-    The client ends a broken stream by re-raising its error on a thread of its
-    own, which nobody joins: the watchdog re-subscribes, so for the operator
-    this is an expected event, not a crash. Other threads keep the usual hook.
-    """
-    previous = threading.excepthook
-    if getattr(previous, "empsync_quiet_streams", False):
-        return
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        thread = args.thread
-        if thread is not None and thread.name == _STREAM_END_THREAD and isinstance(args.exc_value, Exception):
-            log.debug("Firestore stream ended: %s", args.exc_value)
-            return
-        previous(args)
-
-    hook.empsync_quiet_streams = True  # type: ignore[attr-defined]
-    threading.excepthook = hook

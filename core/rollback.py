@@ -291,7 +291,7 @@ class Rollback:
         result.duration_ms = int((utcnow() - now).total_seconds() * 1000)
         state.finish_run(result.run_id, "ok", counts.as_dict(), result.duration_ms, result.reason)
         log.warning("Rolled back %s: %d rows put back; %s", done, len(plan.changed), after)
-        engine.bus.emit(SyncFinished(utcnow(), result))
+        engine.bus.emit(SyncFinished(utcnow(), result.report()))
 
     def _write(self, conn: Connection, doc_id: str, now: Row, wanted: Row, run_id: int, at: datetime, counts) -> list:
         m = self.t.mirror

@@ -261,13 +261,9 @@ def source_label(config: Config) -> str:
     return f"{place} (project {s.project}, collection {s.collection})"
 
 
-def to_doc(snapshot, copy: bool = True) -> SourceDoc:
-    """A snapshot as a SourceDoc. ``copy=False`` takes over the snapshot's own data
-    instead of the deep copy ``to_dict()`` makes (a fifth of a read's CPU time):
-    only for snapshots nobody else holds, such as a query stream's."""
-    data = getattr(snapshot, "_data", None) if not copy and snapshot.exists else None
-    if data is None:
-        data = (snapshot.to_dict() or {}) if snapshot.exists else {}
+def to_doc(snapshot) -> SourceDoc:
+    """A snapshot (of a get or a listener) as a SourceDoc; query streams are read raw instead."""
+    data = (snapshot.to_dict() or {}) if snapshot.exists else {}
     return SourceDoc(
         id=snapshot.id,
         data=data,

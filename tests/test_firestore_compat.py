@@ -94,3 +94,22 @@ def test_the_private_names_the_fast_reader_uses_still_exist(client):
     assert isinstance(client._rpc_metadata, list)
     assert isinstance(query, BaseQuery) and hasattr(query, "_parent")
     assert callable(_helpers.decode_dict) and callable(_helpers.decode_value)
+
+
+def test_the_private_names_listen_mode_uses_still_exist(client):
+    """Each hook of firestore_compat: if an upgrade moves one, this fails instead of listen mode."""
+    import inspect
+
+    from google.cloud.firestore_v1 import watch
+
+    from core.firestore_compat import grpc_channel, no_reopen, unordered
+
+    assert callable(watch._should_recover) and "_should_recover" in inspect.getsource(watch.Watch)
+    with no_reopen():
+        assert watch._should_recover(RuntimeError("any")) is False
+    assert watch._should_recover is not None and watch._should_recover.__name__ == "_should_recover"
+    query = client.collection("employees").select(["name"])
+    assert "_comparator" in inspect.getsource(watch.Watch.for_query)
+    assert unordered(query)._comparator(object(), object()) == 0
+    assert isinstance(watch._RPC_ERROR_THREAD_NAME, str)
+    assert hasattr(grpc_channel(client), "subscribe")

@@ -80,8 +80,6 @@ def from_event(event: core.Event) -> ServiceMessage | None:
         return SyncFailed(event.at, event.run_id, event.kind, event.error, event.hint)
     if isinstance(event, core.StatusChanged):
         return StatusChanged(event.at, event.state, event.detail, dict(event.snapshot))
-    if isinstance(event, core.LogRecord):
-        return LogLine(event.at, event.level, event.logger, event.message)
     return None
 
 

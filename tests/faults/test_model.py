@@ -384,8 +384,9 @@ class History:
         if result.forced:
             self.check_repairs(result, uncertain)
         self.check_audit()
-        if result.forced:
-            self.model.drifted = {i: k for i, k in self.model.drifted.items() if i in uncertain}
+        if result.forced:  # healed, but where the document is invalid: its old row stays as it was
+            invalid_now = {i for i, d in self.model.docs.items() if self.expected(d) is None}
+            self.model.drifted = {i: k for i, k in self.model.drifted.items() if i in uncertain | invalid_now}
         elif not self.full_read_done:  # a new scope rewrote rows whose hash changed: healed, perhaps
             self.model.drifted = dict.fromkeys(self.model.drifted, False)
         else:  # hashes were trusted: only a value edited under an unchanged hash may remain
@@ -498,8 +499,10 @@ class History:
             self.say(f"listen session ({self.scope}){' with a failing write' if failed else ''}: {sorted(touched)}")
             gone = set(self.model.possible) - set(self.model.docs)
             deleted_now = (touched - upserted) & gone
-            if self.scope == "changes":  # the stream reports the deletions of the documents it watches
-                must_go = deleted_now & (dirty_before | upserted)
+            if self.scope == "changes":
+                # The stream reports the deletions of the documents it watches: those written while it
+                # listened (one changed only before may be behind the watermark of a run at its start).
+                must_go = deleted_now & upserted
             elif self.fraction >= 1.0:  # every deletion, those made while no stream was open too
                 must_go = gone
             else:  # those older than the stream may be held back by the guard
