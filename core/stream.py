@@ -328,9 +328,10 @@ def messages(event: Event, changes: bool = False) -> list[dict[str, Any]]:
         out.append({"type": "run_progress", "at": at, "run_id": event.run_id, "counts": dict(event.counts)})
         return out
     if isinstance(event, SyncFinished):
-        result = event.result.to_json()
-        result.pop("changes", None)  # a dry run's list: the changes stream says it better
-        return [{"type": "run_finished", "at": at, **result}]
+        r = event.result
+        return [{"type": "run_finished", "at": at, "run_id": r.run_id, "kind": r.kind, "trigger": r.trigger,
+                 "status": r.status, "forced": r.forced, "dry_run": r.dry_run, **r.counts.as_dict(),
+                 "duration_ms": r.duration_ms, "started_at": iso(r.started_at)}]  # fmt: skip
     if isinstance(event, SyncFailed):
         return [{"type": "run_failed", "at": at, "run_id": event.run_id, "kind": event.kind,
                  "error": event.error, "hint": event.hint or None}]  # fmt: skip

@@ -158,7 +158,7 @@ def failed(error: str = "cannot reach the database", at: datetime = T0) -> SyncF
 
 
 def finished(kind: str = "normal", at: datetime = T0, dry_run: bool = False) -> SyncFinished:
-    return SyncFinished(at, RunResult(status="ok", forced=kind == "force", kind=kind, dry_run=dry_run))
+    return SyncFinished(at, RunResult(status="ok", forced=kind == "force", kind=kind, dry_run=dry_run).report())
 
 
 def status(state: str, leader: bool, leader_name: str | None = None, detail: str = "") -> StatusChanged:
