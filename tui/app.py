@@ -582,7 +582,9 @@ def _where(snap: dict[str, Any], config: Any) -> str:
 
 def run_console(config: Any) -> int:
     """``empsync`` with no command: the service hosted by the console, until q (exit code returned)."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    # Under `empsync web` textual-serve runs this console with Textual's web driver on pipes.
+    in_a_browser = os.environ.get("TEXTUAL_DRIVER", "").startswith("textual.drivers.web_driver:")
+    if not in_a_browser and not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("empsync: the console needs a terminal on stdin and stdout", file=sys.stderr)
         print("  hint: run `empsync --no-ui` for the headless service, or a one-shot command", file=sys.stderr)
         return 2
