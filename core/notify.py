@@ -45,6 +45,7 @@ from .deliver import (
 )
 from .errors import ConfigError
 from .events import BatchApplied, Event, NotificationSent, StatusChanged, SyncFailed, SyncFinished
+from .logs import scrub
 from .safe import terminal_safe
 from .state import iso, utcnow, whoami
 
@@ -470,6 +471,7 @@ class Notifier:
     def outcome(self, receiver: Receiver | None, notice: Notice, ok: bool, attempts: int, detail: str) -> None:
         """Log, count, record and announce what became of a notice (``receiver`` None: all of them)."""
         name = receiver.name if receiver is not None else "every receiver"
+        detail = scrub(detail)  # a receiver's answer may quote a webhook URL: it goes to the state table too
         entry = {
             "at": iso(utcnow()),
             "kind": notice.kind,
