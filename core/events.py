@@ -69,6 +69,10 @@ class RunCounts:
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
 
 @dataclass(frozen=True)
 class RunReport:

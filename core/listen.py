@@ -157,14 +157,17 @@ class Listener:
         nested field path and kills the stream's thread. A stream needs no
         order, and the filter alone keeps it to the changed documents.
         """
-        # With conditions, a document that stops meeting them leaves the query: the stream
-        # reports it REMOVED, and the engine asks for it and tests it.
+        # Conditions: a whole-collection stream carries them (what does not meet them is never
+        # billed; a document that stops meeting them leaves the query, reported REMOVED, and the
+        # engine asks for it and tests it). A stream of changes does not: a document changed to
+        # not meet them would never enter it, so it watches every change and the engine tests each,
+        # as incremental polls do.
         if not (self.watches_changes_only and since is not None):
             return self.source.filtered_query()
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         floor = since.ts - self.margin
-        return self.source.filtered_query().where(filter=FieldFilter(self.source.updated_path, ">=", floor))
+        return self.source.base_query().where(filter=FieldFilter(self.source.updated_path, ">=", floor))
 
     def close(self) -> None:
         watch, self._watch = self._watch, None

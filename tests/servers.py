@@ -40,6 +40,14 @@ def _binary(*names: str, hint: str = MARIADB_INSTALL_HINT, also: tuple[str, ...]
     raise ServerMissing(f"{names[0]} not found: {hint}")
 
 
+def _run_setup(args: list[str], cwd: Path | None = None) -> None:
+    """A server's set-up step (mariadb-install-db, initdb); a failure says what the tool said."""
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip()[-1500:]
+        raise ServerMissing(f"{Path(args[0]).name} exited {done.returncode}: {said}")
+
+
 class MariaDB:
     """A private mariadbd with its own data folder, socket and port."""
 
@@ -68,7 +76,7 @@ class MariaDB:
             ]
             if os.geteuid() == 0:
                 args.append("--user=root")
-            subprocess.run(args, check=True, capture_output=True, timeout=120)
+            _run_setup(args)
         args = [
             mariadbd,
             "--no-defaults",
@@ -205,7 +213,7 @@ class PostgreSQL:
             os.chown(self.base, self.run_as.pw_uid, self.run_as.pw_gid)
         first = not self.datadir.exists()
         if first:
-            subprocess.run(
+            _run_setup(
                 self._as_user(
                     [
                         initdb,
@@ -218,9 +226,6 @@ class PostgreSQL:
                         "--no-sync",
                     ]
                 ),
-                check=True,
-                capture_output=True,
-                timeout=120,
                 cwd=self.base,
             )
         args = [

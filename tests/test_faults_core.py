@@ -38,9 +38,9 @@ PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 WRONG_PASSWORD = "Wr0ng-Pass-4567"
 
 
-def settled(i: int) -> dict[str, Any]:
+def settled(i: int, **extra: Any) -> dict[str, Any]:
     """An employee whose content is the same however often it is written (no server timestamp)."""
-    return employee(i, updated_at=PAST)
+    return employee(i, updated_at=PAST, **extra)
 
 
 def assert_clear_failure(proc: subprocess.CompletedProcess, *needles: str, code: int = 1) -> str:
@@ -205,7 +205,8 @@ def test_emulator_stopping_mid_run_fails_cleanly_and_the_rerun_completes(
 ):
     total, batch = 2000, 50
     project = f"stop-{uuid.uuid4().hex[:10]}"
-    docs = {f"e{i:05d}": settled(i) for i in range(total)}
+    # 10 MB in all: more than gRPC buffers, so the one stream still needs the emulator when it stops.
+    docs = {f"e{i:05d}": settled(i, bio="x" * 5_000) for i in range(total)}
     seed(private_emulator.host, project, docs)
     config = make_config(
         target_url,
