@@ -107,6 +107,15 @@ def test_bad_notify_config_names_the_key(notify, key, words):
     assert "hunter2" not in str(info.value)
 
 
+def test_a_bad_notify_config_exits_2_naming_the_key(tmp_path):
+    path = tmp_path / "sync.toml"
+    path.write_text(
+        '[notify]\nsmtp_url = "smtp://m.example"\nemail_to = ["ops"]\nemail_from = "e@x.example"\n[fields.name]\n'
+    )
+    done = run_cli("status", "--config", str(path))
+    assert done.returncode == 2 and "notify.email_to[0]" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_good_notify_config_and_its_receivers():
     c = notify_config(
         webhook_urls=["https://hooks.example.com/services/T0/B0/secret", "http://127.0.0.1:9000/hook"],
