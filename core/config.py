@@ -607,7 +607,7 @@ def parse_smtp_url(url: str, key: str = "notify.smtp_url") -> SmtpEndpoint:
     return SmtpEndpoint(parts.scheme, parts.hostname, port or SMTP_SCHEMES[parts.scheme], unquote(parts.username or ""))
 
 
-def check_webhook_url(url: str, key: str) -> None:
+def check_http_url(url: str, key: str) -> None:
     from urllib.parse import urlsplit
 
     if len(url) > MAX_URL or not url.isprintable() or " " in url:
@@ -631,7 +631,7 @@ def check_notify(n: NotifyConfig) -> None:
     if n.format not in NOTIFY_FORMATS:
         raise ConfigError("notify.format", f"must be json or slack, not {n.format!r}")
     for i, url in enumerate(n.webhook_urls):
-        check_webhook_url(url, f"notify.webhook_urls[{i}]")
+        check_http_url(url, f"notify.webhook_urls[{i}]")
     if len(set(n.webhook_urls)) != len(n.webhook_urls):
         raise ConfigError("notify.webhook_urls", "lists a URL twice")
     if n.smtp_url:

@@ -103,6 +103,18 @@ def test_the_guard_wants_the_token_this_host_and_this_origin(web_config):
     assert TOKEN not in server.text(), "the token was logged"
 
 
+def test_behind_a_reverse_proxy_the_public_origin_is_its_own(web_config):
+    public = "https://console.example.com"
+    with web(web_config, "--public-url", public) as server:
+        proxied = {"Host": "console.example.com"}
+        code, headers, _ = get(server.base + f"/?token={TOKEN}", proxied)
+        assert code == 303 and "Secure" in headers["Set-Cookie"]
+        jar = {**proxied, "Cookie": headers["Set-Cookie"].split(";", 1)[0]}
+        code, _, page = get(server.base + "/", {**jar, "Origin": public})
+        assert code == 200 and 'data-session-websocket-url="wss://console.example.com/ws"' in page
+        assert get(server.base + "/", {**jar, "Origin": "https://evil.example"})[0] == 403
+
+
 def test_beyond_loopback_it_needs_a_token_and_a_free_port(make_config, sqlite_url, tmp_path):
     config = make_config(sqlite_url)
     path = write_toml(tmp_path / "open.toml", config)
@@ -113,6 +125,8 @@ def test_beyond_loopback_it_needs_a_token_and_a_free_port(make_config, sqlite_ur
         assert done.returncode == 2 and "--port" in done.stderr and "Traceback" not in done.stderr
     done = run_cli("web", "--config", str(path), "--port", "70000")
     assert done.returncode == 2 and "--port" in done.stderr
+    done = run_cli("web", "--config", str(path), "--public-url", "empsync.example.com")
+    assert done.returncode == 2 and "--public-url" in done.stderr
 
 
 def test_each_tab_runs_an_attached_console_with_this_config(tmp_path):

@@ -34,7 +34,7 @@ from aiohttp import web
 from textual_serve.server import Server
 
 from core.api import is_loopback
-from core.config import Config
+from core.config import Config, check_http_url
 from core.errors import ConfigError
 from core.logs import configure
 
@@ -71,14 +71,19 @@ class ConsoleServer(Server):
         self, command: str, *, host: str, port: int, token: str = "", public_url: str | None = None, title: str = ""
     ) -> None:
         check_web_host(host, token)
+        if public_url:
+            check_http_url(public_url, "--public-url")
         super().__init__(command, host=host, port=port, title=title or "empsync", public_url=public_url)
         self.fixed_public_url = public_url
         self.token = token
         self.tabs = 0
         self._cookie = hmac.new(token.encode(), b"empsync web console", hashlib.sha256).hexdigest() if token else ""
         self._names = {"localhost", host.lower().strip("[]")}
+        self._public_origin = ""  # behind a reverse proxy, the origin browsers see
         if public_url:
-            self._names.add((urlsplit(public_url).hostname or "").lower())
+            parts = urlsplit(public_url)
+            self._names.add((parts.hostname or "").lower())
+            self._public_origin = f"{parts.scheme}://{parts.netloc}"
         self._wildcard = _is_unspecified(host)
         if self._wildcard:
             self._names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
@@ -130,7 +135,7 @@ class ConsoleServer(Server):
         if not host or not self._own_name(host.lower().rstrip(".")):
             return _page(403, "This is not the host this console serves: open it by its own address.")
         origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") != f"{request.scheme}://{request.host}":
+        if origin is not None and origin.rstrip("/") not in (f"{request.scheme}://{request.host}", self._public_origin):
             return _page(403, "Cross-origin requests are refused.")
         if not self.token or hmac.compare_digest(request.cookies.get(COOKIE, ""), self._cookie):
             return None
@@ -138,9 +143,8 @@ class ConsoleServer(Server):
         if request.path == "/" and given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
             rest = {k: v for k, v in request.query.items() if k != "token"}
             response = web.HTTPSeeOther("/" + (f"?{urlencode(rest)}" if rest else ""))
-            response.set_cookie(
-                COOKIE, self._cookie, httponly=True, samesite="Strict", path="/", secure=request.scheme == "https"
-            )
+            secure = request.scheme == "https" or self._public_origin.startswith("https:")
+            response.set_cookie(COOKIE, self._cookie, httponly=True, samesite="Strict", path="/", secure=secure)
             return response
         return _page(401, "This console needs the token: open /?token=… with the service's [api] token once.")
 
