@@ -107,7 +107,7 @@ class ApiConfig:
     token: str = ""
     # With a token set, /metrics needs it too unless this is true (for a scraper that cannot send one).
     metrics_public: bool = False
-    # Signs trigger requests (HMAC-SHA256) from a backend that holds no token (the README's Webhooks).
+    # Signs trigger requests (HMAC-SHA256) from a backend that holds no token (README: Signed triggers).
     webhook_secret: str = ""
 
 
@@ -595,13 +595,14 @@ def parse_smtp_url(url: str, key: str = "notify.smtp_url") -> SmtpEndpoint:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ConfigError(key, f"{url[:100]!r} has a port that is not a number from 0 to 65535") from None
-    if parts.scheme not in SMTP_SCHEMES:
-        raise ConfigError(key, f"must start smtp:// or smtps://, not {url[:100]!r}", "like smtps://user@host:465")
-    if not parts.hostname:
-        raise ConfigError(key, "names no host", "like smtps://user@host:465")
+        raise ConfigError(key, "has a port that is not a number from 0 to 65535") from None
+    # The URL itself is never quoted back: it may hold the password this refuses.
     if parts.password is not None:
         raise ConfigError(key, "holds a password", "put it in EMPSYNC_SMTP_PASSWORD and write smtps://user@host:465")
+    if parts.scheme not in SMTP_SCHEMES:
+        raise ConfigError(key, "must start smtp:// or smtps://", "like smtps://user@host:465")
+    if not parts.hostname:
+        raise ConfigError(key, "names no host", "like smtps://user@host:465")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(key, "has a path or query; only smtp[s]://[user@]host[:port] is understood")
     return SmtpEndpoint(parts.scheme, parts.hostname, port or SMTP_SCHEMES[parts.scheme], unquote(parts.username or ""))

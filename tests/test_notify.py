@@ -71,6 +71,8 @@ def receiver():
         ({"smtp_url": "imap://mail.example.com"}, "notify.smtp_url", "smtp://"),
         ({"smtp_url": "smtps://"}, "notify.smtp_url", "no host"),
         ({"smtp_url": "smtps://u:hunter2@mail.example.com:465"}, "notify.smtp_url", "password"),
+        ({"smtp_url": "mailto://u:hunter2@mail.example.com"}, "notify.smtp_url", "password"),
+        ({"smtp_url": "smtp://u:hunter2@mail.example.com:port"}, "notify.smtp_url", "port"),
         ({"smtp_url": "smtp://mail.example.com:x"}, "notify.smtp_url", "port"),
         ({"smtp_url": "smtp://mail.example.com/path"}, "notify.smtp_url", "path"),
         ({"smtp_url": "smtp://mail.example.com", "email_from": "e@x.example"}, "notify.email_to", "empty"),
