@@ -15,7 +15,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -23,7 +24,7 @@ from .config import Config, check_document_ids, check_interval, load
 from .errors import ConfigError, EmpsyncError
 
 if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it import it
-    from .engine import SyncEngine
+    from .engine import RunResult, SyncEngine
 
 log = logging.getLogger("empsync")
 
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"empsync {__version__}")
     parser.add_argument("--no-ui", action="store_true", help="run the sync service headless (logs to stderr)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format for --no-ui")
+    parser.add_argument(
+        "--attach",
+        action="store_true",
+        help="a console that never takes the sync lock: it watches and steers the service that leads",
+    )
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
 
     p = sub.add_parser("sync", parents=[common], help="one sync run, then exit (cron-able)")
@@ -88,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ids-from", metavar="FILE", help="sync the document ids in FILE, one a line (- reads stdin)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    waiting = p.add_mutually_exclusive_group()
+    waiting.add_argument(
+        "--wait",
+        action="store_true",
+        help="while a service leads: have it make the run and wait for the result (the default with --force)",
+    )
+    waiting.add_argument(
+        "--no-wait", action="store_true", help="while a service leads: only queue the run for it, print the request id"
+    )
+    p.add_argument("--status", action="store_true", help="print the status instead (as `empsync status`)")
+    p.add_argument(
+        "--interval", metavar="N", help="persist a new interval, as `empsync interval N` (runs nothing by itself)"
+    )
 
     for name, text in (
         ("status", "state from the database"),
@@ -203,7 +222,19 @@ def open_engine(config: Config, schema: bool = True) -> Iterator[SyncEngine]:
 
 
 def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    """One run here; while a service holds the lock, and the run was asked for, the service makes it."""
     ids = selected_ids(args)
+    runs = args.force or args.dry_run or args.wait or args.no_wait or args.allow_mass_delete or ids is not None
+    if args.status:  # the seed's `employee:sync-realtime --status`
+        if runs or args.interval is not None:
+            raise UsageError("empsync sync --status prints the status; it takes no other option but --json")
+        return cmd_status(args, config)
+    if args.interval is not None:  # the seed's `--interval=N`: persist it, and run only if asked to
+        with redirect_stdout(sys.stderr if runs else sys.stdout):  # stdout is the run's (--json)
+            cmd_interval(argparse.Namespace(seconds=args.interval, reset=False), config)
+        if not runs:
+            return EXIT_OK
+    raw = None  # the leader's own record of a run it made for us
     with open_engine(config, schema=False) as engine, interruptible() as stopped:  # the run ensures the schema
         try:
             result = engine.run(
@@ -221,11 +252,17 @@ def cmd_sync(args: argparse.Namespace, config: Config) -> int:
             except EmpsyncError:
                 pass  # the next run that takes the lock marks it
             raise
+        asked = args.force or ids is not None or args.wait or args.no_wait  # not cron's plain `sync`
+        if result.exit_code == EXIT_LOCKED and not args.dry_run and asked:
+            made = made_by_the_leader(engine, args, ids, stopped, result)
+            if isinstance(made, int):
+                return made
+            result, raw = made
     # Stopped by a signal: whole batches are kept and the run is marked interrupted; say so, and exit
     # as a shell expects (130 for Ctrl-C). A run that ended before it noticed is reported as usual.
-    interrupted = stopped.signal if result.status == "failed" else None
+    interrupted = stopped.signal if result.status == "failed" and raw is None else None
     if args.json:
-        emit_json(result.to_json())
+        emit_json(raw or result.to_json())
     elif interrupted:
         print_error(f"interrupted by {interrupted.name}: {result.reason}", result.hint)
     elif result.exit_code:
@@ -303,6 +340,42 @@ def interruptible() -> Iterator[Interrupted]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def made_by_the_leader(
+    engine: SyncEngine, args: argparse.Namespace, ids: list[str] | None, stopped: Interrupted, locked: RunResult
+) -> tuple[RunResult, dict[str, Any] | None] | int:
+    """The lock is held: a live service makes the run (core/remote.py).
+
+    Returns its result and the leader's own JSON of it, to print as this
+    process's; or the exit code, when all is said (only queued, or stopped).
+    Progress lines go to a terminal only.
+    """
+    from .remote import LeaderGone, NoLiveLeader, StoppedWaiting, ask_leader
+
+    def progress(line: str) -> None:
+        if sys.stderr.isatty():
+            print(f"empsync: {line}", file=sys.stderr)
+
+    payload: dict[str, Any] = {"allow_mass_delete": True} if args.allow_mass_delete else {}
+    kind = "force" if args.force else "normal"
+    if ids is not None:
+        kind, payload["ids"] = "ids", ids
+    try:
+        answer = ask_leader(engine, kind, payload, wait=not args.no_wait, progress=progress, stop=stopped.event)
+    except StoppedWaiting as exc:
+        print_error(exc.message, exc.hint)
+        return 128 + (stopped.signal or signal.SIGINT)
+    except (NoLiveLeader, LeaderGone) as exc:  # told as a run of this process would tell it
+        status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
+        return replace(locked, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code), None
+    if answer.result is not None:
+        return answer.result, answer.raw
+    if args.json:
+        emit_json(answer.queued_json())
+    else:
+        print(f"queued request #{answer.request_id} ({answer.kind} run) for the leader {answer.leader}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -476,7 +549,7 @@ def cmd_service(args: argparse.Namespace, config: Config) -> int:
 def cmd_console(args: argparse.Namespace, config: Config) -> int:
     from tui.app import run_console
 
-    return run_console(config)
+    return run_console(config, attach=args.attach)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
@@ -514,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     verbose = getattr(args, "verbose", False)
     try:
+        if args.attach and (args.no_ui or args.command):
+            raise UsageError("--attach opens the console; it takes neither --no-ui nor a command")
         if args.command == "demo":
             setup_logging(verbose)
             return cmd_demo(args, None)

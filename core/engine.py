@@ -127,6 +127,27 @@ class RunResult:
             out["rolled_back"] = self.rolled_back
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, trigger: str = "", exit_code: int = 0) -> RunResult:
+        """A result another process recorded with ``to_json`` (a run the leader made on request)."""
+        counts = Counts(**{k: int(data.get(k) or 0) for k in Counts().as_dict()})
+        return cls(
+            status=str(data.get("status") or "failed"),
+            reason=data.get("reason") or "",
+            hint=data.get("hint") or "",
+            forced=bool(data.get("forced")),
+            dry_run=bool(data.get("dry_run")),
+            kind=str(data.get("kind") or "normal"),
+            trigger=trigger,
+            counts=counts,
+            duration_ms=int(data.get("duration_ms") or 0),
+            run_id=data.get("run_id"),
+            started_at=parse_iso(data.get("started_at")),
+            would_change=list(data.get("changes") or []),
+            exit_code=exit_code,
+            rolled_back=[int(r) for r in data.get("rolled_back") or []],
+        )
+
 
 @dataclass
 class _Run:

@@ -115,6 +115,21 @@ class StatusChanged(Event):
 
 
 @dataclass(frozen=True)
+class RequestUpdate(Event):
+    """A run this process asked of the leading service (through the database) moved on."""
+
+    request_id: int | None  # the empsync_requests row; None when it could not be queued at all
+    ticket: int  # the number the face was given when it asked
+    kind: str
+    trigger: str
+    status: str  # queued | claimed | running | done | failed | expired
+    leader: str | None = None  # host:pid of the process that took it
+    run_id: int | None = None
+    result: RunReport | None = None  # what the leader recorded once the run ended
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class NotificationSent(Event):
     """The outcome of one notification to one receiver (core/notify.py); ``ok`` False: it was given up."""
 

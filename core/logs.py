@@ -110,6 +110,17 @@ def traceback_text(formatter: logging.Formatter, record: logging.LogRecord) -> s
     return "\n".join(parts)
 
 
+def record_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """A record as a screen shows it, control characters escaped.
+
+    The message stays on one line (a document id must not forge a line of its
+    own); a traceback follows on lines of its own.
+    """
+    text = terminal_safe(record.getMessage())
+    detail = traceback_text(formatter, record)
+    return text + "\n" + terminal_safe(detail, multiline=True) if detail else text
+
+
 class TextFormatter(logging.Formatter):
     """``time LEVEL message``; the message on one line, every control character escaped.
 

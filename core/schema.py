@@ -215,6 +215,38 @@ class Tables:
             Column("updated_at", Timestamp(), nullable=False),
             **TABLE_OPTIONS,
         )
+        # Runs asked of the leading service by other processes (core/requests.py).
+        self.requests = Table(
+            "empsync_requests",
+            self.metadata,
+            Column("id", BigId, primary_key=True, autoincrement=True),
+            Column("kind", String(16), nullable=False),  # normal | force | ids | rollback; open to more
+            Column("payload", LongText()),  # JSON: the kind's arguments (allow_mass_delete, ...)
+            Column("trigger", String(32), nullable=False),  # the face that asked: console | cli | api
+            Column("requested_by", String(255), nullable=False),  # host:pid
+            Column("requested_at", Timestamp(), nullable=False),
+            Column("status", String(16), nullable=False),  # queued | claimed | running | done | failed | expired
+            Column("claimed_by", String(255)),
+            Column("claimed_at", Timestamp()),
+            Column("run_id", BigInteger),
+            Column("exit_code", Integer),
+            Column("result", LongText()),  # JSON: the run's result, as `empsync sync --json` prints it
+            Column("finished_at", Timestamp()),
+            Index("ix_empsync_requests_status", "status", "id"),
+            **TABLE_OPTIONS,
+        )
+        # The leader's recent log lines, for the consoles of other processes (core/presence.py).
+        self.log = Table(
+            "empsync_log",
+            self.metadata,
+            Column("id", BigId, primary_key=True, autoincrement=True),
+            Column("at", Timestamp(), nullable=False),
+            Column("service", String(255), nullable=False),  # host:pid of the process that logged it
+            Column("level", String(16), nullable=False),
+            Column("logger", String(100), nullable=False),
+            Column("text", Text, nullable=False),
+            **TABLE_OPTIONS,
+        )
 
     @property
     def id(self) -> Column:

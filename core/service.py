@@ -23,15 +23,19 @@ from typing import Any
 
 import schedule
 
+from . import requests as req
 from . import state as keys
 from .backoff import backoff_delay
 from .config import Config, check_interval
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
 from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from .exchange import Inbox, Outbox
 from .live import LiveMirror
 from .lock import SyncLock, make_lock
 from .notify import Notifier
+from .presence import Publisher, SharedLog, live_leader
+from .requests import Request, Requests
 from .state import iso, parse_iso, utcnow, whoami
 from .status import build_stats, build_status
 
@@ -47,8 +51,10 @@ BACKOFF_BASE_S = 5.0  # after a failed run
 BACKOFF_CAP_S = 300.0
 LEAD_BACKOFF_BASE_S = 2.0  # after the database could not be reached for the lock
 LEAD_BACKOFF_CAP_S = 60.0
+REQUESTS_S = 1.0  # how often a leader looks for requests, and an asker at the ones it sent
 # Requests that run once each, in the order asked (normal and force requests coalesce instead).
 ONE_OFF_KINDS = ("ids", "rollback")
+RUN_KINDS = ("normal", "force", *ONE_OFF_KINDS)  # the request kinds this version runs
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class Ticket:
     ids: tuple[str, ...] = ()  # a run of kind ids: exactly these documents
     # A rollback: {"run": N, "hold": bool, "cascade": bool}.
     rollback: dict[str, Any] | None = None
+    # Sent to the leading process through the database: this one does not lead.
+    forwarded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -71,6 +79,7 @@ class Ticket:
             "trigger": self.trigger,
             "queued_at": iso(self.queued_at),
             "allow_mass_delete": self.allow_mass_delete,
+            "forwarded": self.forwarded,
         }
         if self.ids:
             out["ids"] = len(self.ids)
@@ -80,12 +89,26 @@ class Ticket:
 
 
 class SyncService:
-    def __init__(self, config: Config, *, engine: SyncEngine | None = None, bus: EventBus | None = None) -> None:
+    """The worker and its face API. ``attach``: never take the lock, only watch and steer the leader."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: SyncEngine | None = None,
+        bus: EventBus | None = None,
+        attach: bool = False,
+    ) -> None:
         self.config = config
         self.bus = bus or EventBus()
         self.engine = engine or SyncEngine(config, bus=self.bus)
         self.engine.bus = self.bus
         self.identity = whoami()
+        self.attach = attach
+        self.requests = Requests(self.engine.db)
+        # What other consoles read: the leader's log lines (this process's own, once it leads).
+        self.shared_log = SharedLog(self.engine.db)
+        self._publisher = None if attach else Publisher(self.engine.db, self.identity, self._published, self._leads)
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,7 +126,9 @@ class SyncService:
             "failures": 0,
             "retry_at": None,
             "pending": [],
+            "attached": attach,
         }
+        self._leader_view: dict[str, Any] | None = None  # the leader's published view, while this one does not lead
         self._db_status: dict[str, Any] = {}
         self._rollups_due = 0.0
         self._stats: dict[str, Any] = {}
@@ -115,10 +140,13 @@ class SyncService:
         self._retry_force = False
         self._pending: dict[str, Ticket] = {}
         self._pending_jobs: list[Ticket] = []  # ids runs and rollbacks: each request in its turn
+        self._outbox = Outbox(self.requests, self.identity, self.bus, self._note_request)  # asked of the leader
+        self._inbox = Inbox(self.requests, self.identity)  # taken from other processes, while leading
+        self._next_requests = 0.0
         self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
         self.notifier: Notifier | None = None
-        if config.notify.receivers:
+        if config.notify.receivers and not attach:  # an attached console (a browser tab) tells nobody: its leader does
             self.notifier = Notifier(
                 config, identity=self.identity, snapshot=self.snapshot, record=self._record_notify, emit=self.bus.emit
             )
@@ -128,6 +156,8 @@ class SyncService:
 
     def start(self) -> SyncService:
         if self._thread is None:
+            if self._publisher is not None:
+                self._publisher.start()
             if self.notifier is not None:
                 self.notifier.start()
             self._thread = threading.Thread(target=self._main, name="empsync-worker", daemon=True)
@@ -196,10 +226,14 @@ class SyncService:
         return self.bus.subscribe(callback)
 
     def snapshot(self) -> dict[str, Any]:
-        """The status: the database's view, overlaid with this service's live view."""
+        """The status: the database's view, overlaid with this service's live view.
+
+        While another process leads, ``leader_view`` holds what it last published
+        (``service``, ``at``, ``fresh``, ``snapshot``): what a console shows.
+        """
         listen = self._live_mirror.status() if self._live_mirror is not None else {}
         with self._snapshot_lock:
-            return {**self._db_status, **self._live, **listen}
+            return {**self._db_status, **self._live, **listen, "leader_view": self._leader_view}
 
     def stats(self) -> dict[str, Any]:
         with self._snapshot_lock:
@@ -213,7 +247,8 @@ class SyncService:
         ids: tuple[str, ...] = (),
         rollback: dict[str, Any] | None = None,
     ) -> Ticket:
-        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, ids, rollback)
+        forwarded = self.attach or not self.is_leader  # the leader runs it: this process asks it to
+        ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, ids, rollback, forwarded)
         self._commands.put(("run", ticket))
         with self._snapshot_lock:
             self._live["pending"] = [*self._live["pending"], ticket.to_json()]
@@ -222,7 +257,11 @@ class SyncService:
     # -- the worker thread -----------------------------------------------------
 
     def _main(self) -> None:
-        log.info("Starting empsync service %s (mode %s)", self.identity, self.config.sync.mode)
+        if self.attach:
+            log.info("Attached console %s: watching and steering the leader; this process never syncs", self.identity)
+            self._set_state("attached", "looking for the leader")
+        else:
+            log.info("Starting empsync service %s (mode %s)", self.identity, self.config.sync.mode)
         next_lead_try = next_settings = next_status = 0.0
         next_lead_check = time.monotonic() + LEAD_CHECK_S
         lead_failures = 0
@@ -236,7 +275,10 @@ class SyncService:
                     if now >= next_status:
                         first, next_status = next_status == 0.0, now + STATUS_REFRESH_S
                         self._refresh_status(count_documents=not first)  # leading never waits on a count
-                    if not self.is_leader and now >= next_lead_try:
+                    self._exchange_requests()
+                    if self.attach:
+                        pass  # never leads
+                    elif not self.is_leader and now >= next_lead_try:
                         try:
                             self._try_lead()
                             lead_failures = 0
@@ -265,8 +307,13 @@ class SyncService:
                     log.exception("unexpected error on the sync worker; carrying on")
                     self._stop.wait(1.0)
         finally:
+            led = self.is_leader
+            if self._publisher is not None:
+                self._publisher.stop()  # before the leader key goes: a last view must not outlive it
             self._step_down("stopped")
             self._set_state("stopped", "")
+            if self._publisher is not None:
+                self._publisher.flush(write=led)
             self.engine.close()
             log.info("empsync service stopped")
 
@@ -301,18 +348,8 @@ class SyncService:
                 name, arg = self._commands.get(timeout=wait) if wait else self._commands.get_nowait()
             except queue.Empty:
                 return
-            if name == "run" and arg.kind in ONE_OFF_KINDS:
-                self._pending_jobs.append(arg)
-            elif name == "run":
-                ticket: Ticket = arg
-                current = self._pending.get(ticket.kind)
-                if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
-                    # The newer request says more: it replaces the one waiting.
-                    self._drop_pending_ticket(current)
-                    current = None
-                self._pending[ticket.kind] = current or ticket  # one pending run of each kind
-                if current is not None:
-                    self._drop_pending_ticket(ticket)
+            if name == "run":
+                self._forward(arg) if arg.forwarded else self._add_pending(arg)
             elif name == "interval":
                 self._store(**{keys.INTERVAL: arg})
                 self._apply_interval(arg, "database")
@@ -333,11 +370,81 @@ class SyncService:
     def _record_notify(self, outcome: dict[str, Any]) -> None:
         self.engine.state.set(**{keys.NOTIFY: json.dumps(outcome)})
 
+    def _add_pending(self, ticket: Ticket) -> None:
+        if ticket.kind in ONE_OFF_KINDS:
+            self._pending_jobs.append(ticket)
+            return
+        current = self._pending.get(ticket.kind)
+        if current is not None and ticket.allow_mass_delete and not current.allow_mass_delete:
+            # The newer request says more: it replaces the one waiting.
+            self._drop_pending_ticket(current)
+            current = None
+        self._pending[ticket.kind] = current or ticket  # one pending run of each kind
+        if current is not None:
+            self._drop_pending_ticket(ticket)
+
     def _store(self, **values: Any) -> None:
         try:
             self.engine.state.set(**values)
         except EmpsyncError as exc:
             log.error("could not store %s: %s", ", ".join(values), exc.message)
+
+    # -- requests between processes (core/requests.py, core/exchange.py) -------------
+
+    def _exchange_requests(self) -> None:
+        """At most every ``REQUESTS_S``: a leader takes the queued requests; an asker follows its own."""
+        now = time.monotonic()
+        if now < self._next_requests:
+            return
+        self._next_requests = now + REQUESTS_S
+        if self.is_leader:
+            for request in self._inbox.take():
+                self._accept(request)
+        if self._outbox:
+            self._outbox.follow()
+
+    def _forward(self, ticket: Ticket) -> None:
+        """A face's run request, while another process leads: queue it for the leader."""
+        sent = self._outbox.send(ticket.request_id, ticket.kind, ticket.trigger, _payload(ticket), self._live["leader"])
+        if not sent:
+            self._drop_pending_ticket(ticket)
+
+    def _note_request(self, ticket: int, row: int, status: str, leader: str | None) -> None:
+        """The pending list follows a request sent to the leader, until it ends."""
+        with self._snapshot_lock:
+            pending = self._live["pending"]
+            if status in req.FINAL:
+                self._live["pending"] = [p for p in pending if p["request_id"] != ticket]
+            else:
+                update = {"request": row, "status": status, "leader": leader}
+                self._live["pending"] = [{**p, **update} if p["request_id"] == ticket else p for p in pending]
+
+    def _accept(self, request: Request) -> None:
+        """A request taken from another process becomes a ticket, as a face of this one would queue."""
+        try:
+            ticket = _ticket_of(request, next(self._ids))
+        except (KeyError, TypeError, ValueError):
+            reason = f"this leader does not run requests of kind {request.kind!r} with {request.payload!r}"
+            self._inbox.answer([request.id], _result_of_nothing(request, reason[:500]))
+            return
+        self._inbox.hold(request, ticket.request_id, coalesces=ticket.kind not in ONE_OFF_KINDS)
+        with self._snapshot_lock:
+            self._live["pending"] = [*self._live["pending"], {**ticket.to_json(), "request": request.id}]
+        self._add_pending(ticket)
+
+    def _release_requests(self) -> None:
+        # A one-off job that came from another process goes back with its request: it must not also run here.
+        self._pending_jobs = [t for t in self._pending_jobs if not self._inbox.holds_ticket(t.request_id)]
+        self._inbox.release()
+
+    def _published(self) -> dict[str, Any]:
+        """What the publisher writes for other processes: this process's live view."""
+        listen = self._live_mirror.status() if self._live_mirror is not None else {}
+        with self._snapshot_lock:
+            return {**self._live, **listen}
+
+    def _leads(self) -> bool:
+        return self.is_leader and not self._stop.is_set()
 
     # -- leadership ------------------------------------------------------------
 
@@ -360,14 +467,22 @@ class SyncService:
         try:
             self.engine.state.set(**{keys.LEADER: self.identity})
             closed = self.engine.state.close_interrupted_runs()
+            requeued, cut_off = self.requests.recover(self._inbox.held(), _interrupted)
         except EmpsyncError:
             self._lock.release()  # lead only with the bookkeeping done; the next try starts over
             raise
         with self._snapshot_lock:
             self._live["is_leader"] = True
             self._live["leader"] = self.identity
+            self._leader_view = None
         if closed:
             log.warning("Marked %d run(s) left by a stopped process as interrupted", closed)
+        if requeued or cut_off:
+            log.warning(
+                "Took over the requests of the previous leader: %d back in the queue, %d failed (cut off mid-run)",
+                requeued,
+                cut_off,
+            )
         log.info("Leading: this service syncs (%s)", self._lock.name)
         self._reschedule()
         self._set_state(self._idle_state())
@@ -377,6 +492,7 @@ class SyncService:
             log.error("Lost the sync lock (database connection lost): syncing stops until it is regained")
             with self._snapshot_lock:
                 self._live["is_leader"] = False
+            self._release_requests()
             if self._live_mirror is not None:
                 self._live_mirror.stop("interrupted", "lost the sync lock")
             self._set_state("standby", "lost the lock; trying to regain it")
@@ -387,9 +503,10 @@ class SyncService:
         if self._lock is None:
             return
         if self._live["is_leader"]:
+            self._release_requests()
             try:
                 if self.engine.state.get(keys.LEADER) == self.identity:
-                    self.engine.state.forget(keys.LEADER)
+                    self.engine.state.forget(keys.LEADER, keys.LEADER_LIVE)
             except EmpsyncError:
                 pass
         try:
@@ -444,8 +561,15 @@ class SyncService:
             log.info("Scheduled runs %s", "paused" if paused else "resumed")
         if not self.is_leader:
             leader = values.get(keys.LEADER)
+            live = live_leader(values)
+            view = None
+            if live is not None:
+                view = {"service": live.service, "at": iso(live.at), "fresh": live.fresh(), "snapshot": live.snapshot}
             with self._snapshot_lock:
                 self._live["leader"] = leader
+                self._leader_view = view
+            if self.attach:
+                self._set_state("attached", f"leader {leader}" if view and view["fresh"] else "no live leader")
         elif self._live["state"] in ("idle", "paused", "disabled"):
             self._set_state(self._idle_state())
 
@@ -480,6 +604,7 @@ class SyncService:
             ticket = self._pending.pop(kind, None)
             if ticket is not None:
                 self._drop_pending_ticket(ticket)
+                self._inbox.begin(("force", "normal") if kind == "force" else (kind,))  # force covers normal
                 self._run(kind, ticket.trigger, scheduled=False, ticket=ticket)
                 if kind == "force":
                     self._pending.pop("normal", None)  # a force run covers a normal one
@@ -488,6 +613,7 @@ class SyncService:
         while self._pending_jobs and not self._stop.is_set():
             ticket = self._pending_jobs.pop(0)
             self._drop_pending_ticket(ticket)
+            self._inbox.begin(ticket=ticket.request_id)
             self._run(ticket.kind, ticket.trigger, scheduled=False, ticket=ticket)
 
     def _drop_pending_ticket(self, ticket: Ticket) -> None:
@@ -495,6 +621,7 @@ class SyncService:
             self._live["pending"] = [p for p in self._live["pending"] if p["request_id"] != ticket.request_id]
 
     def _run(self, kind: str, trigger: str, *, scheduled: bool, ticket: Ticket | None = None) -> RunResult | None:
+        """One run on the worker; it answers the requests of other processes the inbox has begun."""
         if scheduled and (reason := self._schedule_block()):
             log.debug("scheduled %s run skipped: %s", kind, reason)
             return None
@@ -518,6 +645,7 @@ class SyncService:
         except Exception as exc:  # noqa: BLE001 - a job's bug is a failed run, never a dead worker
             log.exception("the %s run raised instead of failing cleanly", kind)
             result = self._record_crash(kind, trigger, exc)
+        self._inbox.end(result)
         with self._snapshot_lock:
             self._live["current_run"] = None
             self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
@@ -575,7 +703,7 @@ class SyncService:
 
     def _idle_state(self) -> str:
         if not self.is_leader:
-            return "standby"
+            return "attached" if self.attach else "standby"
         if self.listening_mode and self._live_mirror is not None and self._live_mirror.state != "stopped":
             return self._live_mirror.state
         return self._schedule_block() or "idle"
@@ -621,6 +749,7 @@ class SyncService:
     def _on_event(self, event: Event) -> None:
         """The service's own view of a run in progress (called on the worker thread)."""
         if isinstance(event, SyncStarted):
+            self._inbox.started(event.run_id)
             with self._snapshot_lock:
                 self._live["current_run"] = {
                     "run_id": event.run_id,
@@ -634,8 +763,10 @@ class SyncService:
             with self._snapshot_lock:
                 if self._live["current_run"] is not None:
                     self._live["current_run"] = {**self._live["current_run"], "counts": event.counts}
-            # Quick commands (interval, pause) are handled between batches, even in a long run.
+            # Quick commands (interval, pause) are handled between batches, even in a long run,
+            # and requests from other processes are taken (they run after this one).
             self._drain_commands(runs=False)
+            self._exchange_requests()
         elif isinstance(event, (SyncFinished, SyncFailed)):
             with self._snapshot_lock:
                 self._live["current_run"] = None
@@ -646,6 +777,42 @@ class SyncService:
                     self._db_status["last_status"] = "ok"
                     if event.result.forced:
                         self._db_status["last_force_sync_at"] = stamp
+
+
+def _ticket_of(request: Request, number: int) -> Ticket:
+    """The ticket a request taken from another process becomes; raises on what this version cannot run."""
+    if request.kind not in RUN_KINDS:
+        raise ValueError(request.kind)
+    payload, ids, rollback = request.payload, (), None
+    if request.kind == "ids":
+        ids = tuple(str(i) for i in payload["ids"])
+    elif request.kind == "rollback":
+        rollback = {"run": int(payload["run"]), "hold": payload["hold"] is True, "cascade": payload["cascade"] is True}
+    allow = payload.get("allow_mass_delete") is True
+    return Ticket(number, request.kind, request.trigger, request.requested_at, allow, ids, rollback)
+
+
+def _result_of_nothing(request: Request, reason: str) -> RunResult:
+    """The failed result of a request that ran no run (its kind unknown here, its leader gone)."""
+    forced = request.kind == "force"
+    return RunResult(
+        status="failed", reason=reason, forced=forced, kind=request.kind, trigger=request.trigger, exit_code=1
+    )
+
+
+def _interrupted(request: Request) -> dict[str, Any]:
+    reason = f"interrupted: the leader {request.claimed_by} stopped before the run ended"
+    return _result_of_nothing(request, reason).to_json()
+
+
+def _payload(ticket: Ticket) -> dict[str, Any]:
+    """A ticket's arguments, as a request row carries them to the leader."""
+    payload: dict[str, Any] = {"allow_mass_delete": True} if ticket.allow_mass_delete else {}
+    if ticket.ids:
+        payload["ids"] = list(ticket.ids)
+    if ticket.rollback:
+        payload.update(ticket.rollback)
+    return payload
 
 
 def _next(last_iso: str | None, every: int) -> datetime:

@@ -30,6 +30,8 @@ LAST_FORCE_SYNC_AT = "last_force_sync_at"
 LAST_STATUS = "last_status"
 LAST_ERROR = "last_error"
 LEADER = "leader"
+# The leader's live view and heartbeat (JSON, see core/presence.py), rewritten every few seconds.
+LEADER_LIVE = "leader_live"
 DOC_COUNT = "doc_count"
 DOC_COUNT_AT = "doc_count_at"
 LAST_VERIFY = "last_verify"
@@ -266,7 +268,8 @@ class State:
         by_status = dict(conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all())
         return {**{k: int(v) for k, v in row.items()}, "by_status": {k: int(v) for k, v in by_status.items()}}
 
-    def recent_changes(self, limit: int = 50, needle: str = "") -> list[dict[str, Any]]:
+    def _changes_query(self):
+        """Audit rows, with the employee's name when a name column is mapped."""
         ch, m = self.t.changes, self.t.mirror
         name_column = self.db.config.name_column
         columns = [
@@ -279,18 +282,41 @@ class State:
             ch.c.old_value,
             ch.c.new_value,
         ]
-        stmt = select(*columns)
-        if name_column:
-            stmt = select(*columns, m.c[name_column].label("name")).outerjoin(
-                m, m.c[self.db.config.target.id_column] == ch.c.document_id
-            )
+        if not name_column:
+            return select(*columns), None
+        stmt = select(*columns, m.c[name_column].label("name")).outerjoin(
+            m, m.c[self.db.config.target.id_column] == ch.c.document_id
+        )
+        return stmt, m.c[name_column]
+
+    def recent_changes(self, limit: int = 50, needle: str = "") -> list[dict[str, Any]]:
+        ch = self.t.changes
+        stmt, name = self._changes_query()
         if needle:
             like = f"%{needle}%"
             clauses = [ch.c.document_id.like(like)]
-            if name_column:
-                clauses.append(m.c[name_column].like(like))
+            if name is not None:
+                clauses.append(name.like(like))
             stmt = stmt.where(or_(*clauses))
         stmt = stmt.order_by(ch.c.id.desc()).limit(limit)
+        with self.db.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings().all()]
+
+    def changes_after(self, after_id: int, limit: int = 500, not_by: str | None = None) -> list[dict[str, Any]]:
+        """Audit rows with an id above ``after_id``, oldest first.
+
+        ``not_by`` ("host:pid") leaves out the changes of that process's own runs:
+        a console shows those from its own events already.
+        """
+        ch, runs = self.t.changes, self.t.runs
+        stmt, _ = self._changes_query()
+        stmt = stmt.where(ch.c.id > after_id)
+        if not_by:
+            host, _, pid = not_by.rpartition(":")
+            stmt = stmt.outerjoin(runs, runs.c.id == ch.c.run_id).where(
+                or_(runs.c.id.is_(None), runs.c.host != host, runs.c.pid != int(pid))
+            )
+        stmt = stmt.order_by(ch.c.id).limit(limit)
         with self.db.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings().all()]
 

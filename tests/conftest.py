@@ -78,6 +78,15 @@ def postgres():
 
 
 @pytest.fixture
+def processes():
+    """Subprocesses a test started (``service_support.Headless``); any still running at the end is killed."""
+    started: list = []
+    yield started
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
 def project() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 

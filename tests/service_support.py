@@ -55,6 +55,21 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0
         time.sleep(every)
 
 
+PILOT_DEADLINE_S = 60.0
+
+
+async def until(pilot, condition: Callable[[], Any], what: str, deadline: float = PILOT_DEADLINE_S) -> Any:
+    """Let a console (Pilot) run until ``condition()`` is truthy; fail naming ``what`` after a generous deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
 class Events:
     """Everything a service emits, recorded on its worker thread, read on the test's."""
 

@@ -64,14 +64,6 @@ def api_status(port: int) -> dict:
     return body
 
 
-@pytest.fixture
-def processes():
-    started: list[Headless] = []
-    yield started
-    for process in started:
-        process.close()
-
-
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_or_sighup_exits_0_within_10_s_and_frees_the_lock(
     stop, make_config, mysql_url, firestore_client, tmp_path, processes

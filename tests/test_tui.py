@@ -42,22 +42,9 @@ from tui.screens.rejects import RejectsScreen
 from tui.screens.runs import RunChangesScreen, RunsScreen
 
 from .conftest import employee, run_cli, write_docs, write_toml
-
-DEADLINE_S = 60.0
+from .service_support import until
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def until(pilot, condition: Callable[[], Any], what: str, deadline: float = DEADLINE_S) -> Any:
-    """Let the App run until ``condition()`` is truthy; fail naming ``what`` after a generous deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def console(config, **kwargs) -> tuple[EmpsyncApp, SyncService]:
@@ -619,7 +606,8 @@ async def test_a_burst_of_changes_is_coalesced_and_bounded(make_config, sqlite_u
             app.bridge.on_event(BatchApplied(NOW, 1, {}, tuple(records[start : start + 100])))
 
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: leading(service), "the service to lead")
+        # Its start-up run over, so that nothing but the burst is in flight when it has arrived.
+        await until(pilot, lambda: leading(service) and last_run_done(service), "the start-up run to end")
         threading.Thread(target=burst).start()
         await until(pilot, lambda: table_rows(app) and table_rows(app)[0][2] == "b1499", "the burst in the table")
         assert app.changes_pane.table.row_count == MAX_CHANGES
@@ -627,3 +615,47 @@ async def test_a_burst_of_changes_is_coalesced_and_bounded(make_config, sqlite_u
         assert app.bridge.in_flight == 0
         await pilot.press("q")
     service.stop()
+
+
+class StandbyFace(FixedFace):
+    """A console beside a leader on another host: its own service stands by, the leader publishes."""
+
+    def __init__(self, fresh: bool = True, attached: bool = False) -> None:
+        super().__init__()
+        self.fresh, self.attached = fresh, attached
+
+    def snapshot(self) -> dict[str, Any]:
+        leader = {
+            **SNAPSHOT,
+            "state": "syncing",
+            "mode": "listen",
+            "current_run": {"run_id": 77, "kind": "force", "counts": {"fetched": 400, "inserted": 3}},
+            "listen_state": "listening",
+            "lag_ms": 140,
+            "listen_backlog": 12,
+        }
+        own = {**SNAPSHOT, "state": "attached" if self.attached else "standby", "is_leader": False}
+        own.update(service="ops-2:5151", attached=self.attached, leader="ops-1:4242")
+        own["leader_view"] = {"service": "ops-1:4242", "at": _iso(NOW), "fresh": self.fresh, "snapshot": leader}
+        return own
+
+
+async def test_a_standby_console_shows_the_leader_and_says_whose_view_it_is():
+    app = EmpsyncApp(StandbyFace(), start_service=False, clock=lambda: NOW)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        pane = app.status_pane
+        assert pane.border_title == "Status · leader ops-1:4242 · this console: standby"
+        assert "SYNCING  force run #77 · 400 read, 3 written" in pane.text  # the leader's run
+        assert "Mode listen · leader ops-1:4242 · this console: standby" in pane.text
+        assert "Live listening · lag 140 ms · backlog 12" in pane.text
+        assert app.sub_title.endswith("· leader ops-1:4242 · this console: standby")
+
+    app = EmpsyncApp(StandbyFace(fresh=False, attached=True), start_service=False, clock=lambda: NOW)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        pane = app.status_pane
+        assert pane.border_title == "Status · this console: attached · no live leader"
+        assert "ATTACHED" in pane.text and "no live leader: f and s wait for one" in pane.text
+        assert "attached, leader ops-1:4242 (not answering)" in pane.text
+        assert "lag" not in pane.text, "a silent leader's view is not shown as if it were live"

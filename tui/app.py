@@ -7,6 +7,12 @@ times a second, so a flood of changes costs a few table updates, not one per
 change. The App calls the service's small face API (each call only queues a
 command), reads ``snapshot()``/``stats()`` (copies under a lock) and does any
 database read in thread workers.
+
+While another process leads, the console shows that process: the Status pane
+its published view (``panes.status.shown``), Recent changes and the Log what
+it writes to the database, tailed once a second by a thread worker that is
+re-armed with a timer when it ends, so two reads never overlap; f and s go to
+it as requests, and their progress comes back as ``RequestUpdate`` events.
 """
 
 from __future__ import annotations
@@ -35,10 +41,10 @@ from core.state import utcnow
 from . import messages as msg
 from .actions import ConsoleCommands, bindings
 from .bridge import Bridge, ConsoleLogHandler
-from .panes.changes import MAX_CHANGES, ChangesPane
+from .panes.changes import MAX_CHANGES, ChangesPane, records_of
 from .panes.log import MAX_LINES, LogView, log_text
 from .panes.stats import StatsPane
-from .panes.status import StatusPane
+from .panes.status import StatusPane, shown, whose
 from .screens.dialog import FieldDialog
 from .screens.filter import FilterScreen
 from .screens.help import HelpScreen
@@ -55,6 +61,8 @@ STOP_TIMEOUT_S = 9.0
 TABLE_BUDGET = 4  # after a table update that took t, wait 4·t before the next: the table never hogs the loop
 NARROW_BELOW = 100  # columns
 ROUTINE = ("starting", "syncing", "idle")  # idle after these is not news in the Log
+REMOTE_S = 1.0  # how often the leader's changes and log lines are read while another process leads
+REMOTE_LOG_LINES = 500  # the leader's lines read at most per look (the first: its newest, for context)
 
 
 class EmpsyncApp(App[int]):
@@ -107,6 +115,10 @@ class EmpsyncApp(App[int]):
         self._hung_up = False
         self._last_state = "starting"
         self._worker_lost = False
+        self._change_cursor: int | None = None  # the newest audit row shown (read side of other processes)
+        self._log_cursor: int | None = None  # the newest line of empsync_log shown
+        self._caught_up = False  # leading, and the last look after taking over is done
+        self._standby_leader: str | None = None  # the leader this console last stood beside
         self.toasts: deque[str] = deque(maxlen=50)  # what notify() said, newest last
         self.status_pane = StatusPane(id="status", classes="pane")
         self.stats_pane = StatsPane(id="stats", classes="pane")
@@ -226,16 +238,41 @@ class EmpsyncApp(App[int]):
         self._dirty = True
         result = message.result
         if getattr(result, "trigger", "") == "console":
-            c = result.counts
             if result.kind == "rollback":
                 self.toast(result.reason, title="Rolled back")
                 return
-            written = c.inserted + c.updated + c.deleted + c.repaired
-            what = {"force": "Force sync", "ids": "Sync of selected employees"}.get(result.kind, "Sync")
-            repaired = f", {c.repaired:,} repaired" if c.repaired else ""
+            self.toast(_done_text(result))
+
+    @on(msg.RequestUpdate)
+    def _on_request_update(self, message: msg.RequestUpdate) -> None:
+        """A run this console asked of the leading process: its start and its end, as toasts."""
+        self.bridge.handled()
+        self._dirty = True
+        event = message.event
+        if event.trigger != "console":
+            return  # asked by this process's API: its caller follows it
+        what = WHAT.get(event.kind, "Sync")
+        by = f"the leader {event.leader}" if event.leader else "the leader"
+        result = event.result
+        if event.request_id is None:
+            self.toast(f"{what} not sent: {event.reason}", severity="error")
+        elif event.status in ("queued", "claimed"):
+            pass  # said when the key was pressed; the Status pane shows the leader busy, if it is
+        elif event.status == "running":
+            self.toast(f"{what} started on {by}: run #{event.run_id}")
+        elif event.status == "expired" or result is None:
+            self.toast(f"{what} request #{event.request_id} dropped: {event.reason}", severity="warning")
+        elif result.status == "ok" and result.kind == "rollback":
+            self.toast(result.reason, title=f"Rolled back by {by}")
+        elif result.status == "ok":
+            self.toast(_done_text(result, by))
+        elif result.status == "skipped":
+            self.toast(f"{what} skipped by {by}: {result.reason}", severity="warning")
+        else:
             self.toast(
-                f"{what} done (run #{result.run_id}): {c.fetched:,} read, {written:,} written{repaired}, "
-                f"{c.rejected:,} rejected in {result.duration_ms / 1000:.1f} s"
+                (result.reason or "no reason given") + (f"\n{result.hint}" if result.hint else ""),
+                severity="error",
+                title=f"{what} failed on {by}",
             )
 
     @on(msg.SyncFailed)
@@ -265,6 +302,16 @@ class EmpsyncApp(App[int]):
             self._history_loaded = True  # the schema exists once the service has got this far
             self._load_changes("")
 
+    def _note_leadership(self, snap: dict[str, Any]) -> None:
+        """A standby that takes over says so: the operator was watching another process until now."""
+        leader = snap.get("shown") or snap.get("leader")
+        if not snap.get("is_leader") and leader and leader != snap.get("service"):
+            self._standby_leader = leader
+        elif snap.get("is_leader") and self._standby_leader:
+            gone, self._standby_leader = self._standby_leader, None
+            self.console_log("WARNING", f"This console now leads: the leader {gone} stopped or went away")
+            self.toast(f"This console now leads and syncs: {gone} stopped or went away.", title="Took over")
+
     @on(msg.ChangesLoaded)
     def _on_changes_loaded(self, message: msg.ChangesLoaded) -> None:
         if message.rows is None:  # the read failed
@@ -272,6 +319,27 @@ class EmpsyncApp(App[int]):
                 self._history_loaded = False  # try again on the next status change
             return
         self.changes_pane.load(message.rows, message.needle)
+        if not message.needle and self._change_cursor is None:
+            # The history reaches this far; other processes' changes are tailed from here.
+            self._change_cursor = max((int(r["id"]) for r in message.rows if r.get("id") is not None), default=0)
+            self._follow_others()
+
+    @on(msg.RemoteLoaded)
+    def _on_remote_loaded(self, message: msg.RemoteLoaded) -> None:
+        if message.changes is None or message.lines is None:  # the database is away: look again later
+            self.set_timer(5 * REMOTE_S, self._follow_others)
+            return
+        if message.changes:
+            self._change_cursor = max(int(r["id"]) for r in message.changes)
+            self._pending_changes.extend(records_of(message.changes))
+            self._dirty = True
+        if message.lines:
+            self._log_cursor = max(int(r["id"]) for r in message.lines)
+            self._pending_log.extend(
+                msg.LogLine(r["at"], r["level"], r["logger"], r["text"], source=r["service"]) for r in message.lines
+            )
+        self._caught_up = message.leading
+        self.set_timer(REMOTE_S, self._follow_others)
 
     @on(msg.RejectsLoaded)
     def _on_rejects_loaded(self, message: msg.RejectsLoaded) -> None:
@@ -296,7 +364,7 @@ class EmpsyncApp(App[int]):
                 pending, self._pending_log = self._pending_log, []
                 lines = []
                 for line in pending[-MAX_LINES:]:
-                    lines += log_text(line.at, line.level, line.text)
+                    lines += log_text(line.at, line.level, line.text, line.source)
                 self.log_pane.add(lines[-MAX_LINES:])
             now = time.monotonic()
             if self._pending_changes and now >= self._changes_due:
@@ -325,8 +393,9 @@ class EmpsyncApp(App[int]):
             self.toast("The sync worker has stopped. Press q and restart empsync.", severity="error")
 
     def _snapshot(self) -> dict[str, Any]:
+        """What the console shows: its service's snapshot, or the live leader's view over it."""
         try:
-            return self.service.snapshot()
+            return shown(self.service.snapshot())
         except Exception as exc:  # noqa: BLE001 - the status must still render
             return {"state": "error", "detail": f"cannot read the service status: {exc}"}
 
@@ -341,9 +410,11 @@ class EmpsyncApp(App[int]):
             elif state in ("idle", "listening") and self.paused:
                 self.paused = False
                 self.refresh_bindings()
+            self._note_leadership(snap)
             self.status_pane.show(snap, self.clock(), override="stopping" if self.quitting else None)
             self.stats_pane.show(stats, snap)
-            self.sub_title = terminal_safe(_where(snap, self.config))
+            where = _where(snap, self.config)
+            self.sub_title = terminal_safe(where if snap.get("is_leader") else f"{where} · {whose(snap)}")
         except Exception as exc:  # noqa: BLE001 - see _flush
             log.exception("console: could not update the status: %s", exc)
 
@@ -417,15 +488,26 @@ class EmpsyncApp(App[int]):
         except EmpsyncError as exc:
             self.toast(exc.message, severity="error")
             return
+        self.toast_queued("Force sync" if force else "Sync", ticket)
+
+    def toast_queued(self, what: str, ticket: Any) -> None:
+        """Say where a run just asked for goes: this console's queue, or the leader's."""
         snap = self._snapshot()
-        what = "Force sync" if force else "Sync"
-        if not snap.get("is_leader"):
-            note = "; it runs once this console leads (another process holds the lock)"
+        if getattr(ticket, "forwarded", False):
+            if snap.get("shown"):
+                busy = "; it starts when the leader's current run ends" if snap.get("current_run") else ""
+                self.toast(f"{what} asked of the leader {snap['shown']} (#{ticket.request_id}){busy}")
+            else:
+                takes_over = "" if snap.get("attached") else "; this console takes over if the leader is gone"
+                self.toast(
+                    f"{what} queued (#{ticket.request_id}), but no live leader answers: "
+                    f"it waits for one, 5 min at most{takes_over}",
+                    severity="warning",
+                )
         elif snap.get("current_run"):
-            note = "; it starts when the current run ends"
+            self.toast(f"{what} queued (#{ticket.request_id}); it starts when the current run ends")
         else:
-            note = ""
-        self.toast(f"{what} queued (#{ticket.request_id}){note}")
+            self.toast(f"{what} queued (#{ticket.request_id})")
         self._dirty = True
 
     def action_force_sync(self) -> None:
@@ -504,8 +586,7 @@ class EmpsyncApp(App[int]):
         except EmpsyncError as exc:
             self.toast(exc.message, severity="error")
             return
-        self.toast(f"Sync of {len(ids):,} employee(s) queued (#{ticket.request_id})")
-        self._dirty = True
+        self.toast_queued(f"Sync of {len(ids):,} employee(s)", ticket)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -539,6 +620,28 @@ class EmpsyncApp(App[int]):
             return
         self.post_message(msg.ChangesLoaded(rows, needle))
 
+    def _follow_others(self) -> None:
+        """Once a second while another process leads (and once after taking over): what it wrote."""
+        service, cursor = self.service, self._change_cursor
+        if cursor is None or not hasattr(service, "shared_log") or self.quitting:
+            return  # a stand-in face (rendering tests), or no history yet
+        leading = bool(self._snapshot().get("is_leader"))
+        if leading and self._caught_up:
+            self.set_timer(REMOTE_S, self._follow_others)  # our own events show everything now
+            return
+        self._read_others(cursor, self._log_cursor, leading)
+
+    @work(thread=True, exclusive=True, group="remote", exit_on_error=False)
+    def _read_others(self, changes_after: int, lines_after: int | None, leading: bool) -> None:
+        me = self.service.identity
+        try:
+            changes = self.service.engine.state.changes_after(changes_after, limit=MAX_CHANGES, not_by=me)
+            lines = self.service.shared_log.after(lines_after, not_by=me, limit=REMOTE_LOG_LINES)
+        except EmpsyncError:
+            self.post_message(msg.RemoteLoaded(None, None, leading))
+            return
+        self.post_message(msg.RemoteLoaded(changes, lines, leading))
+
     @work(thread=True, exclusive=True, group="rejects", exit_on_error=False)
     def _load_rejects(self) -> None:
         state = self._state()
@@ -567,6 +670,40 @@ class EmpsyncApp(App[int]):
         self.post_message(msg.ServiceStopped(bool(clean)))
 
 
+def _serve_api(service: Any, config: Any) -> Any:
+    """The control API, unless its port is taken, as when this console opens beside a running service."""
+    from core.api import ControlApi
+    from core.errors import ConfigError
+
+    try:
+        return ControlApi(service, config.api).start()  # a port in use is a ConfigError naming api.port
+    except ConfigError as exc:
+        if exc.key != "api.port" or "in use" not in exc.problem:
+            raise
+        log.warning(
+            "The control API's port %s:%s is in use (by the service that leads, most likely): this console "
+            "serves no API; the leader's answers for both",
+            config.api.host,
+            config.api.port,
+        )
+        return None
+
+
+WHAT = {"force": "Force sync", "ids": "Sync of selected employees", "rollback": "Rollback"}
+
+
+def _done_text(result: Any, by: str = "") -> str:
+    """A finished run's toast (``result``: a ``RunReport``); ``by``: the leader that made it for us."""
+    c = result.counts
+    written = c.inserted + c.updated + c.deleted + c.repaired
+    repaired = f", {c.repaired:,} repaired" if c.repaired else ""
+    on = f" on {by}" if by else ""
+    return (
+        f"{WHAT.get(result.kind, 'Sync')} done{on} (run #{result.run_id}): {c.fetched:,} read, {written:,} written"
+        f"{repaired}, {c.rejected:,} rejected in {result.duration_ms / 1000:.1f} s"
+    )
+
+
 def _where(snap: dict[str, Any], config: Any) -> str:
     """The header's "connected to": project/collection → target (password masked)."""
     source = snap.get("source") or {}
@@ -580,8 +717,12 @@ def _where(snap: dict[str, Any], config: Any) -> str:
     return f"{project}/{collection} → {target or '?'}"
 
 
-def run_console(config: Any) -> int:
-    """``empsync`` with no command: the service hosted by the console, until q (exit code returned)."""
+def run_console(config: Any, attach: bool = False) -> int:
+    """``empsync`` with no command: the service hosted by the console, until q (exit code returned).
+
+    ``attach`` (``empsync --attach``): a console that never takes the lock and serves no API;
+    it watches and steers whichever process leads.
+    """
     # Under `empsync web` textual-serve runs this console with Textual's web driver on pipes.
     in_a_browser = os.environ.get("TEXTUAL_DRIVER", "").startswith("textual.drivers.web_driver:")
     if not in_a_browser and not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -598,12 +739,10 @@ def run_console(config: Any) -> int:
     handler = ConsoleLogHandler()
     root.addHandler(handler)
     api = None
-    service = SyncService(config)
+    service = SyncService(config, attach=attach)
     try:
-        if config.api.enabled:
-            from core.api import ControlApi
-
-            api = ControlApi(service, config.api).start()  # a port in use is a ConfigError naming api.port
+        if config.api.enabled and not attach:
+            api = _serve_api(service, config)
         app = EmpsyncApp(service, config, log_handler=handler, api=api)
         app.run()
         return app.return_code or 0

@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from textual.message_pump import MessagePump
 
 from core.events import Event
-from core.logs import add_filters, traceback_text
-from core.safe import terminal_safe
+from core.logs import add_filters, record_text
 
 from .messages import LogLine, ServiceMessage, from_event
 
@@ -98,11 +97,7 @@ class ConsoleLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            # The message on one line (a document id must not forge a line); a traceback keeps its own.
-            text = terminal_safe(record.getMessage())
-            detail = traceback_text(self.formatter, record)  # type: ignore[arg-type]
-            if detail:
-                text += "\n" + terminal_safe(detail, multiline=True)
+            text = record_text(self.formatter, record)  # type: ignore[arg-type]
             line = LogLine(
                 datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
                 record.levelname,

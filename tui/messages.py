@@ -61,11 +61,19 @@ class StatusChanged(ServiceMessage):
 
 
 class LogLine(ServiceMessage):
-    """One log record."""
+    """One log record; ``source`` names the process it came from when that is not this one."""
 
-    def __init__(self, at: datetime, level: str, logger: str, text: str) -> None:
+    def __init__(self, at: datetime, level: str, logger: str, text: str, source: str = "") -> None:
         super().__init__(at)
-        self.level, self.logger, self.text = level, logger, text
+        self.level, self.logger, self.text, self.source = level, logger, text, source
+
+
+class RequestUpdate(ServiceMessage):
+    """A run this console asked of the leading process moved on (``core.events.RequestUpdate``)."""
+
+    def __init__(self, event: core.RequestUpdate) -> None:
+        super().__init__(event.at)
+        self.event = event
 
 
 def from_event(event: core.Event) -> ServiceMessage | None:
@@ -80,6 +88,8 @@ def from_event(event: core.Event) -> ServiceMessage | None:
         return SyncFailed(event.at, event.run_id, event.kind, event.error, event.hint)
     if isinstance(event, core.StatusChanged):
         return StatusChanged(event.at, event.state, event.detail, dict(event.snapshot))
+    if isinstance(event, core.RequestUpdate):
+        return RequestUpdate(event)
     return None
 
 
@@ -92,6 +102,14 @@ class ChangesLoaded(Message):
     def __init__(self, rows: list[dict[str, Any]] | None, needle: str) -> None:
         super().__init__()
         self.rows, self.needle = rows, needle
+
+
+class RemoteLoaded(Message):
+    """What other processes added since the last look: audit rows and log lines (None: the read failed)."""
+
+    def __init__(self, changes: list[dict[str, Any]] | None, lines: list[dict[str, Any]] | None, leading: bool) -> None:
+        super().__init__()
+        self.changes, self.lines, self.leading = changes, lines, leading
 
 
 class RejectsLoaded(Message):

@@ -16,7 +16,6 @@ from core.errors import EmpsyncError
 
 from ..conftest import IN_CI
 from ..servers import MariaDB, ServerMissing
-from ..service_support import Headless
 from .support import FULL, SIZES, PersistentEmulator
 
 
@@ -52,12 +51,3 @@ def own_emulator(tmp_path):
         _unavailable("Firestore emulator", exc)
     yield emu
     emu.stop()
-
-
-@pytest.fixture
-def processes():
-    """Services a test started; any still running at the end is killed."""
-    started: list[Headless] = []
-    yield started
-    for process in started:
-        process.close()

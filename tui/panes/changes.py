@@ -22,6 +22,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
+from core.events import ChangeRecord
+
 from .. import format as fmt
 
 MAX_CHANGES = 500
@@ -67,6 +69,22 @@ class Change:
 
 def _value(value: str | None) -> str:
     return "NULL" if value is None else value
+
+
+def records_of(rows: Iterable[dict[str, Any]]) -> list[ChangeRecord]:
+    """Audit rows read from the database (another process's changes) as the service's change records."""
+    return [
+        ChangeRecord(
+            row.get("changed_at"),
+            str(row.get("document_id")),
+            str(row.get("operation")),
+            row.get("field"),
+            row.get("old_value"),
+            row.get("new_value"),
+            row.get("name"),
+        )
+        for row in rows
+    ]
 
 
 class Stamp:
@@ -115,9 +133,7 @@ class ChangesPane(Vertical):
 
     def add(self, records: Iterable[Any]) -> None:
         """New changes from the service (``core.events.ChangeRecord``), oldest first."""
-        new = [
-            Change(next(self._seq), r.at, r.document_id, r.operation, r.field, r.old, r.new, r.name) for r in records
-        ]
+        new = [self._change(r, next(self._seq)) for r in records]
         if not new:
             return
         self.buffer.extend(new)
@@ -144,19 +160,7 @@ class ChangesPane(Vertical):
         known = {c.key for c in self.buffer}
         if needle:
             known |= {c.key for c in self.extra}
-        older = [
-            Change(
-                next(self._low_seq),
-                row.get("changed_at"),
-                str(row.get("document_id")),
-                str(row.get("operation")),
-                row.get("field"),
-                row.get("old_value"),
-                row.get("new_value"),
-                row.get("name"),
-            )
-            for row in rows
-        ]
+        older = [self._change(r, next(self._low_seq)) for r in records_of(rows)]
         older = [c for c in older if c.key not in known]
         if not older:
             return
@@ -198,6 +202,10 @@ class ChangesPane(Vertical):
         self._titles()
 
     # -- internals -------------------------------------------------------------------
+
+    @staticmethod
+    def _change(r: ChangeRecord, seq: int) -> Change:
+        return Change(seq, r.at, r.document_id, r.operation, r.field, r.old, r.new, r.name)
 
     def _columns(self) -> None:
         table = self.table

@@ -33,8 +33,8 @@ LEVELS: dict[str, tuple[str, str]] = {
 }
 
 
-def log_text(at: datetime | None, level: str, message: str) -> list[Text]:
-    """One record as one or more lines (a traceback is several)."""
+def log_text(at: datetime | None, level: str, message: str, source: str = "") -> list[Text]:
+    """One record as one or more lines (a traceback is several); ``source``: another process's line."""
     label, style = LEVELS.get(level.upper(), (level[:5].ljust(5), ""))
     body_style = "red" if level.upper() in ("ERROR", "CRITICAL") else ("yellow" if level.upper() == "WARNING" else "")
     lines = message.splitlines() or [""]
@@ -45,6 +45,8 @@ def log_text(at: datetime | None, level: str, message: str) -> list[Text]:
         text.append(" ")
         text.append(label if n == 0 else " " * 5, style=style)
         text.append(" ")
+        if source and n == 0:
+            text.append(f"{fmt.clip(source, 32)} ", style="dim magenta")
         text.append(terminal_safe(line.expandtabs(4)), style=body_style)
         out.append(text)
     return out

@@ -21,6 +21,7 @@ STATES: dict[str, tuple[str, str]] = {
     "paused": ("‖", "bold yellow"),
     "disabled": ("○", "bold"),
     "standby": ("◌", "bold magenta"),
+    "attached": ("◌", "bold magenta"),
     "error": ("✖", "bold red"),
     "reconnecting": ("⟳", "bold yellow"),
     "starting": ("…", "bold"),
@@ -43,6 +44,8 @@ class StatusPane(Static):
         self.text = ""  # the plain text last shown, for tests and screen readers
 
     def show(self, snap: dict[str, Any], now: datetime, *, override: str | None = None) -> None:
+        """``snap`` as ``shown`` makes it: this process's, or the live leader's it stands beside."""
+        self.border_title = f"Status · {whose(snap)}"
         lines = rows(snap, override or effective_state(snap), now)
         self.text = "\n".join(f"{label} {value.plain}" for label, value in lines)
         grid = Table.grid(padding=(0, 1), expand=True)
@@ -51,6 +54,32 @@ class StatusPane(Static):
         for label, value in lines:
             grid.add_row(label, value)
         self.update(grid)
+
+
+def shown(snap: dict[str, Any]) -> dict[str, Any]:
+    """What a console shows: its own service's snapshot, or the live leader's view over it.
+
+    While another process leads and its heartbeat is fresh, the live part
+    (state, run, next runs, listener, interval, last result) is the leader's,
+    as it published it; the database's figures are the same for both. ``shown``
+    names whose view it is: "" for this process, else the leader's host:pid.
+    """
+    view = snap.get("leader_view") or {}
+    published = view.get("snapshot")
+    if snap.get("is_leader") or not view.get("fresh") or not isinstance(published, dict):
+        return {**snap, "shown": ""}
+    own = {k: snap.get(k) for k in ("service", "attached", "pending")}
+    return {**snap, **published, **own, "is_leader": False, "leader": view.get("service"), "shown": view.get("service")}
+
+
+def whose(snap: dict[str, Any]) -> str:
+    """Which process the console shows, in words (the Status pane's title, the header)."""
+    if snap.get("is_leader"):
+        return "this console leads"
+    role = "attached" if snap.get("attached") else "standby"
+    if snap.get("shown"):
+        return f"leader {fmt.clip(snap['shown'], 40)} · this console: {role}"
+    return f"this console: {role} · no live leader"
 
 
 def rows(snap: dict[str, Any], state: str, now: datetime) -> list[tuple[str, Text]]:
@@ -84,6 +113,8 @@ def rows(snap: dict[str, Any], state: str, now: datetime) -> list[tuple[str, Tex
     mode.append(" · ")
     mode.append_text(_leader_text(snap))
     out.append(("Mode", mode))
+    if snap.get("listen_state"):
+        out.append(("Live", _listen_text(snap)))
 
     src = snap.get("source") or {}
     where = Text(f"{src.get('project') or '—'} / {src.get('collection') or '—'}")
@@ -152,6 +183,8 @@ def _next_text(snap: dict[str, Any], state: str, now: datetime) -> Text:
         return Text("sync disabled ([sync] enabled = false)", style="dim")
     if state == "standby":
         return Text("another process syncs; this console waits", style="dim")
+    if state == "attached":
+        return Text("no live leader: f and s wait for one (5 min at most)", style="dim")
     retry = fmt.parse_time(snap.get("retry_at")) if snap.get("failures") else None
     if retry is not None:
         return Text(f"retry {fmt.countdown(retry, now)} (attempt {int(snap['failures']) + 1})", style="yellow")
@@ -165,7 +198,22 @@ def _next_text(snap: dict[str, Any], state: str, now: datetime) -> Text:
 def _leader_text(snap: dict[str, Any]) -> Text:
     if snap.get("is_leader"):
         return Text("leader: this console", style="green")
+    role = "attached" if snap.get("attached") else "standby"
     leader = snap.get("leader")
+    if snap.get("shown"):
+        return Text(f"leader {leader} · this console: {role}", style="magenta")
     if leader and leader != snap.get("service"):
-        return Text(f"standby, leader {leader}", style="magenta")
-    return Text("not leading", style="dim")
+        return Text(f"{role}, leader {leader} (not answering)", style="magenta")
+    return Text("attached, no leader" if snap.get("attached") else "not leading", style="dim")
+
+
+def _listen_text(snap: dict[str, Any]) -> Text:
+    """The listener's health: its state, how far behind the commits it is, what waits to be applied."""
+    lag = snap.get("lag_ms")
+    text = Text(str(snap.get("listen_state")))
+    text.append(f" · lag {'—' if lag is None else fmt.duration_ms(lag)}")
+    text.append(f" · backlog {fmt.number(snap.get('listen_backlog') or 0)}")
+    reconnects = snap.get("listen_reconnects") or 0
+    if reconnects:
+        text.append(f" · {fmt.number(reconnects)} reconnects", style="dim")
+    return text

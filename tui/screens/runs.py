@@ -190,7 +190,7 @@ class RunsScreen(Screen[None]):
         except EmpsyncError as exc:
             self.app.toast(exc.message, severity="error")
             return
-        self.app.toast(f"Rollback of run #{run} queued (#{ticket.request_id})")
+        self.app.toast_queued(f"Rollback of run #{run}", ticket)
         self._load()
 
     def _summary(self, text: Text) -> None:
