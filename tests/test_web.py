@@ -21,7 +21,6 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from core import config as cfg
-from core.cli import build_parser
 from core.service import SyncService
 from tui.web import tab_command
 
@@ -152,11 +151,6 @@ def chromium(tmp_path):
     browser.close()
 
 
-# Each tab runs `empsync --attach` (issue 12); until the CLI has it there is no console to open.
-ATTACH = not build_parser().parse_known_args(["--attach"])[1]
-
-
-@pytest.mark.skipif(not ATTACH, reason="needs the attach mode of issue 12 (empsync --attach)")
 def test_the_console_in_a_browser_runs_a_force_sync(make_config, sqlite_url, firestore_client, tmp_path, chromium):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(6)})
     config = make_config(sqlite_url, sync={"interval": 3600, "force_interval": 3600}, api={"token": TOKEN})
