@@ -149,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--yes", action="store_true", help="run even when it costs more reads than [sync] verify_max_reads")
 
+    p = sub.add_parser("web", parents=[common], help="the console in a browser: each tab attaches to the service")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need the token)"
+    )
+    p.add_argument("--port", type=whole_number, default=8766, help="port to listen on (default 8766)")
+    p.add_argument("--public-url", metavar="URL", help="the address browsers use, behind a reverse proxy")
+
+    p = sub.add_parser("notify", parents=[common], help="the notification receivers; --test sends a test message")
+    p.add_argument("--test", action="store_true", help="send a test message to every receiver and report each")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = sub.add_parser(
         "demo", parents=[common], help="a local emulator, sample employees and a simulated app, in the console"
     )
@@ -523,6 +534,28 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     return run_verify(config, as_json=args.json, yes=args.yes)
 
 
+def cmd_notify(args: argparse.Namespace, config: Config) -> int:
+    from .notify import run_notify_command
+
+    return run_notify_command(config, test=args.test, as_json=args.json)
+
+
+def cmd_web(args: argparse.Namespace, config: Config) -> int:
+    if not 1 <= args.port <= 65_535:
+        raise ConfigError("--port", f"must be from 1 to 65,535 (got {args.port})")
+    try:
+        from tui.web import run_web
+    except ImportError:
+        raise EmpsyncError("empsync web needs textual-serve", "install it: pip install 'empsync[web]'") from None
+    return run_web(
+        config,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        target_url=getattr(args, "target_url", None),
+    )
+
+
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     from .demo import run_demo
 
@@ -554,6 +587,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "runs": cmd_runs,
     "rollback": cmd_rollback,
     "release": cmd_release,
+    "notify": cmd_notify,
+    "web": cmd_web,
 }
 
 

@@ -707,7 +707,12 @@ class SyncEngine:
                 log.warning("Employee rejected: %s: %s", r.doc_id, r.reject)
         self.bus.emit(
             BatchApplied(
-                utcnow(), run.run_id, run.counts.as_dict(), changes, tuple((r.doc_id, str(r.reject)) for r in rejected)
+                utcnow(),
+                run.run_id,
+                run.counts.as_dict(),
+                changes,
+                tuple((r.doc_id, str(r.reject)) for r in rejected),
+                tuple(sorted(new_rejects)),
             )
         )
 
