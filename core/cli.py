@@ -1,4 +1,4 @@
-"""The ``empsync`` command line (DESIGN §2, fixed).
+"""The ``empsync`` command line: its commands, options and exit codes are a fixed contract (README).
 
 Every expected failure ends as one or two lines on stderr and an exit code:
 0 ok (or not due), 1 the sync failed, 2 usage or configuration, 3 locked.

@@ -1,4 +1,4 @@
-"""sync.toml: loading, environment overrides and validation (DESIGN §3).
+"""sync.toml: loading, environment overrides and validation (its keys are a fixed contract, README).
 
 Precedence is command line > environment > file > defaults. Every problem is a
 ``ConfigError`` that names the offending key, so ``empsync`` can exit 2 with a
@@ -31,7 +31,7 @@ MODES = ("poll", "listen")
 LISTEN_SCOPES = ("changes", "collection")
 INTERVAL_MIN, INTERVAL_MAX = 10, 86_400
 
-# Bookkeeping columns of the mirror table besides the id column (DESIGN §4).
+# Bookkeeping columns of the mirror table besides the id column (fixed names: scripts read them).
 UPDATE_TIME_COLUMN = "firestore_update_time"
 SYNCED_AT_COLUMN = "synced_at"
 DELETED_AT_COLUMN = "deleted_at"

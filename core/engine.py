@@ -1,4 +1,4 @@
-"""One sync run: fetch → map → diff → apply → record, emitting events (DESIGN §5).
+"""One sync run: fetch → map → diff → apply → record, emitting events (docs/architecture.md §3).
 
 Reading overlaps writing: a reader thread fetches the next Firestore page
 while this thread applies the current one, so a run costs little more than the

@@ -1,4 +1,4 @@
-"""Admin notifications (issue 14, point 1): when to tell, how, and that telling never slows a sync.
+"""Admin notifications: when to tell, how, and that telling never slows a sync.
 
 The conditions are plain logic, checked against a model of the runs and against
 a clock the test moves. Deliveries go to real servers on loopback (an HTTP

@@ -1,4 +1,4 @@
-"""SSH-attended operation (issue 12): consoles and commands that steer the service already running.
+"""SSH-attended operation: consoles and commands that steer the service already running.
 
 A real ``empsync --no-ui`` leads on MariaDB and the emulator; beside it a
 console (Pilot, in this process), ``empsync sync`` typed at a shell, or a

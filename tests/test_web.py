@@ -1,4 +1,4 @@
-"""``empsync web`` (issue 14, point 4): the console in a browser, each tab attached to the running service.
+"""``empsync web``: the console in a browser, each tab attached to the running service.
 
 The guard in front of textual-serve is checked over real HTTP against a real
 ``empsync web`` process; the console itself in a real headless Chromium,
