@@ -224,6 +224,9 @@ def test_restart_reads_only_what_changed_while_down(make_config, target_url, fir
     config = listen_config(make_config, target_url, sync={"interval": 3600})
     with live(config):
         wait_for(lambda: len(mirror_rows(config)) == 300, 60, "the first sync of 300 rows")
+        # Rows land batch by batch; the watermark only when the force run ends. Stopping before
+        # that rightly leaves no watermark, and the restart would read the whole collection.
+        wait_for(lambda: any(r["finished_at"] for r in runs_table(config)), 60, "the first run to finish")
 
     # empsync is down; the app carries on.
     for i in range(5):
