@@ -75,5 +75,16 @@ if [ -z "$emulator" ]; then
     exit 1
   fi
 fi
+# Chromium, for the test of `empsync web` in a real headless browser.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (the console-in-a-browser test drives it headless)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "Chromium is missing: run 'sudo apt-get install chromium'" >&2
+    exit 1
+  fi
+fi
+
 postgres_bin=$(command -v postgres || ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1)
-echo "servers: mariadbd $(mariadbd --version 2>/dev/null | awk '{print $3}'), $("$postgres_bin" --version 2>/dev/null), firestore emulator ok, $(java -version 2>&1 | head -1)"
+echo "servers: mariadbd $(mariadbd --version 2>/dev/null | awk '{print $3}'), $("$postgres_bin" --version 2>/dev/null), firestore emulator ok, $(java -version 2>&1 | head -1), $(chromium --version 2>/dev/null)"

@@ -2,10 +2,12 @@
 
 Every handler only reads the service's snapshot or queues a command, so a
 request never waits on a sync. Errors are JSON bodies with the status: 400 bad
-request or JSON, 401 no or wrong token, 403 a foreign Host or Origin, 404
-unknown path, 405 wrong method, 408 a body too slow, 413 too large, 415 a POST
-that is not JSON, 422 wrong types or range, 501 a Transfer-Encoding, 503 every
-handler busy.
+request or JSON, 401 no or wrong token (or a bad signature), 403 a foreign Host
+or Origin (or a signed request asking for more than a sync), 404 unknown path,
+405 wrong method, 408 a body too slow, 413 too large, 415 a POST that is not
+JSON, 422 wrong types or range, 429 too many signed requests, 501 a
+Transfer-Encoding, 503 every handler busy. A trigger may be signed with
+``[api] webhook_secret`` instead of carrying the token (core/webhook.py).
 
 The serving model, built for hostile clients (see the README's Security section):
 one thread runs a selector loop that accepts connections and gathers each
@@ -43,6 +45,8 @@ from .config import INTERVAL_MAX, INTERVAL_MIN, ApiConfig, check_document_ids
 from .errors import ConfigError, EmpsyncError
 from .metrics import Metrics
 from .service import SyncService
+from .stream import Streams
+from .webhook import SignatureError, SignedRequests, is_signed
 
 log = logging.getLogger("empsync.api")
 
@@ -58,9 +62,13 @@ ACCEPT_BACKOFF_S = 0.5  # accepting pauses this long when the process is out of 
 MIN_TOKEN_LENGTH = 16
 
 PREFIX = "/api/realtime-sync"
+TRIGGER = f"{PREFIX}/trigger"
+EVENTS = f"{PREFIX}/events"  # a WebSocket (core/stream.py)
+SIGNED_MAY_ASK = {"force", "ids"}
 ROUTES: dict[str, set[str]] = {
     f"{PREFIX}/status": {"GET"},
     f"{PREFIX}/stats": {"GET"},
+    EVENTS: {"GET"},
     f"{PREFIX}/trigger": {"POST"},
     f"{PREFIX}/interval": {"POST"},
     f"{PREFIX}/rollback": {"POST"},
@@ -95,14 +103,18 @@ def check_api_config(api: ApiConfig) -> None:
             f"the API listens on {api.host}, beyond this machine, and has no token",
             "set [api] token or EMPSYNC_API_TOKEN, or bind [api] host to 127.0.0.1",
         )
-    if not api.token:
-        return
+    for key, secret in (("api.token", api.token), ("api.webhook_secret", api.webhook_secret)):
+        if secret:
+            _check_secret(key, secret)
+
+
+def _check_secret(key: str, secret: str) -> None:
     hint = "use a random one, e.g. from: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
-    if len(api.token.strip()) < MIN_TOKEN_LENGTH:
-        raise ConfigError("api.token", f"is shorter than {MIN_TOKEN_LENGTH} characters (or only spaces)", hint)
-    if not all("!" <= c <= "~" for c in api.token):
-        # A client sends it in an HTTP header: spaces at an end are lost, other characters mangled.
-        raise ConfigError("api.token", "holds spaces, control or non-ASCII characters, which no client can send", hint)
+    if len(secret.strip()) < MIN_TOKEN_LENGTH:
+        raise ConfigError(key, f"is shorter than {MIN_TOKEN_LENGTH} characters (or only spaces)", hint)
+    if not all("!" <= c <= "~" for c in secret):
+        # A client sends it in an HTTP header (or signs with it): spaces at an end are lost, others mangled.
+        raise ConfigError(key, "holds spaces, control or non-ASCII characters, which no client can send", hint)
 
 
 def _interval(body: dict[str, Any], required: bool) -> int | None:
@@ -172,6 +184,8 @@ class ControlApi:
         self.service = service
         self.token = api.token
         self.metrics_public = api.metrics_public
+        self.signed = SignedRequests(api.webhook_secret) if api.webhook_secret else None
+        self.streams = Streams(service)
         self.metrics = metrics or Metrics()
         self.server = _Server(_listen(api), type("Handler", (_Handler,), {"api": self}))
         host, self.port = self.server.listener.getsockname()[:2]
@@ -190,6 +204,7 @@ class ControlApi:
         return self
 
     def stop(self) -> None:
+        self.streams.stop()
         self.server.stop()
 
     # -- what the head alone decides (before any body is read) ---------------------------------
@@ -216,7 +231,11 @@ class ControlApi:
                 f"{route} accepts {', '.join(sorted(allowed))}",
                 {"Allow": ", ".join(sorted(allowed))},
             )
-        if route not in OPEN_ROUTES and not (route == "/metrics" and self.metrics_public):
+        if route == TRIGGER and is_signed(headers):
+            if self.signed is None:
+                raise self.unauthorized("signed requests are not accepted: [api] webhook_secret is not set")
+            # The signature covers the body: it is checked once the body is read (verify_signed).
+        elif route not in OPEN_ROUTES and not (route == "/metrics" and self.metrics_public):
             self.authorize(headers)
         # A web page may POST text/plain anywhere without asking (no CORS preflight); JSON it cannot.
         if method == "POST" and not (headers.get("Content-Type") and headers.get_content_type() == "application/json"):
@@ -275,15 +294,27 @@ class ControlApi:
         given = headers.get("Authorization", "")
         scheme, _, credential = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self.token.encode()):
-            raise ApiError(
-                HTTPStatus.UNAUTHORIZED,
-                "a valid bearer token is required",
-                {"WWW-Authenticate": 'Bearer realm="empsync"'},
-            )
+            raise self.unauthorized("a valid bearer token is required")
+
+    @staticmethod
+    def unauthorized(message: str) -> ApiError:
+        return ApiError(HTTPStatus.UNAUTHORIZED, message, {"WWW-Authenticate": 'Bearer realm="empsync"'})
+
+    def verify_signed(self, route: str, headers, body: bytes) -> bool:
+        """True for a trigger signed with the webhook secret (checked here); False for any other request."""
+        if route != TRIGGER or self.signed is None or not is_signed(headers):
+            return False
+        try:
+            self.signed.verify(headers, body)
+        except SignatureError as exc:
+            if exc.busy:
+                raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, exc.reason, {"Retry-After": "10"}) from None
+            raise self.unauthorized(f"bad signature: {exc.reason}") from None
+        return True
 
     # -- endpoints -------------------------------------------------------------------------------
 
-    def handle(self, method: str, route: str, body: bytes) -> tuple[HTTPStatus, Any, str]:
+    def handle(self, method: str, route: str, body: bytes, signed: bool = False) -> tuple[HTTPStatus, Any, str]:
         payload = self.parse(body) if method == "POST" else {}
         if route == "/metrics":
             self.metrics.update(self.service.snapshot())
@@ -302,36 +333,43 @@ class ControlApi:
             return HTTPStatus.OK, self.service.runs(), ""
         if route.endswith("/rollback"):
             return self.rollback(payload)
-        if route.endswith("/trigger"):
-            force = payload.get("force", False)
-            allow_mass_delete = payload.get("allow_mass_delete", False)
-            if not isinstance(force, bool) or not isinstance(allow_mass_delete, bool):
-                raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "force and allow_mass_delete must be true or false")
-            if allow_mass_delete and not force:
-                raise ApiError(
-                    HTTPStatus.UNPROCESSABLE_ENTITY, "allow_mass_delete applies to a force run (force: true)"
-                )
-            ids = _ids(payload)
-            if ids is not None and (force or allow_mass_delete):
-                raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "ids syncs only those documents: no force with it")
-            interval = _interval(payload, required=False)
-            if interval is not None:
-                self.service.set_interval(interval)
-            if ids is not None:
-                ticket = self.service.sync_ids(ids, "api")
-            elif force:
-                ticket = self.service.force_sync("api", allow_mass_delete)
-            else:
-                ticket = self.service.sync_now("api")
-            snapshot = self.service.snapshot()
-            return (
-                HTTPStatus.ACCEPTED,
-                {"queued": ticket.to_json(), "interval": snapshot.get("interval"), "state": snapshot.get("state")},
-                "",
-            )
+        if route == TRIGGER:
+            return self.trigger(payload, signed)
         interval = _interval(payload, required=True)
         stored = self.service.set_interval(interval)
         return HTTPStatus.OK, {"interval": stored}, ""
+
+    def trigger(self, payload: dict[str, Any], signed: bool) -> tuple[HTTPStatus, Any, str]:
+        if signed and (extra := sorted(set(payload) - SIGNED_MAY_ASK)):
+            # The secret lets a backend ask for a sync; steering the service takes the token.
+            raise ApiError(
+                HTTPStatus.FORBIDDEN, f"a signed request may ask only for a sync (force, ids), not {extra[0]}"
+            )
+        force = payload.get("force", False)
+        allow_mass_delete = payload.get("allow_mass_delete", False)
+        if not isinstance(force, bool) or not isinstance(allow_mass_delete, bool):
+            raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "force and allow_mass_delete must be true or false")
+        if allow_mass_delete and not force:
+            raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "allow_mass_delete applies to a force run (force: true)")
+        ids = _ids(payload)
+        if ids is not None and (force or allow_mass_delete):
+            raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "ids syncs only those documents: no force with it")
+        interval = _interval(payload, required=False)
+        if interval is not None:
+            self.service.set_interval(interval)
+        trigger = "webhook" if signed else "api"
+        if ids is not None:
+            ticket = self.service.sync_ids(ids, trigger)
+        elif force:
+            ticket = self.service.force_sync(trigger, allow_mass_delete)
+        else:
+            ticket = self.service.sync_now(trigger)
+        snapshot = self.service.snapshot()
+        return (
+            HTTPStatus.ACCEPTED,
+            {"queued": ticket.to_json(), "interval": snapshot.get("interval"), "state": snapshot.get("state")},
+            "",
+        )
 
     def rollback(self, payload: dict[str, Any]) -> tuple[HTTPStatus, Any, str]:
         run = payload.get("run")
@@ -686,8 +724,16 @@ class _Handler(BaseHTTPRequestHandler):
             lengths = self.headers.get_all("Content-Length") or []
             self._body_unread = "Transfer-Encoding" in self.headers or any(v.strip() != "0" for v in lengths)
             route = self.api.admit(self.command, self.path.split("?", 1)[0], self.headers)
+            if route == EVENTS and self.command == "GET":
+                if self._body_unread:
+                    raise ApiError(HTTPStatus.BAD_REQUEST, "an event stream request has no body")
+                refusal = self.api.streams.serve(self)  # until the stream ends, unless it is refused
+                if refusal is not None:
+                    raise ApiError(*refusal)
+                return
             body = self._read_body(self._content_length(lengths))
-            status, payload, content_type = self.api.handle(self.command, route, body)
+            signed = self.api.verify_signed(route, self.headers, body)
+            status, payload, content_type = self.api.handle(self.command, route, body, signed)
             self._send(status, payload, content_type)
         except ApiError as exc:
             self._send(exc.status, {"error": exc.message, "status": int(exc.status)}, "", exc.headers)

@@ -1,4 +1,4 @@
-"""The ``empsync`` command line (DESIGN §2, fixed).
+"""The ``empsync`` command line: its commands, options and exit codes are a fixed contract (README).
 
 Every expected failure ends as one or two lines on stderr and an exit code:
 0 ok (or not due), 1 the sync failed, 2 usage or configuration, 3 locked.
@@ -148,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="compare Firestore with the table without writing")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--yes", action="store_true", help="run even when it costs more reads than [sync] verify_max_reads")
+
+    p = sub.add_parser("web", parents=[common], help="the console in a browser: each tab attaches to the service")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need the token)"
+    )
+    p.add_argument("--port", type=whole_number, default=8766, help="port to listen on (default 8766)")
+    p.add_argument("--public-url", metavar="URL", help="the address browsers use, behind a reverse proxy")
+
+    p = sub.add_parser("notify", parents=[common], help="the notification receivers; --test sends a test message")
+    p.add_argument("--test", action="store_true", help="send a test message to every receiver and report each")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
         "demo", parents=[common], help="a local emulator, sample employees and a simulated app, in the console"
@@ -461,7 +472,26 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
                 print_error("nothing rolled back", "run again with --yes to skip this question (no terminal: --yes)")
                 return EXIT_USAGE
         result = engine.rollback(args.run, dry_run=args.dry_run, hold=args.hold, cascade=args.cascade, trigger="cli")
+        if result.exit_code == EXIT_LOCKED:  # a service leads: it rolls back, holding the lock
+            result = rolled_back_by_the_leader(engine, args, result)
+            if isinstance(result, int):
+                return result
     return _report(args, result)
+
+
+def rolled_back_by_the_leader(engine: SyncEngine, args: argparse.Namespace, locked: RunResult) -> RunResult | int:
+    from .remote import LeaderGone, NoLiveLeader, StoppedWaiting, ask_leader
+
+    payload = {"run": args.run, "hold": args.hold, "cascade": args.cascade}
+    try:
+        answer = ask_leader(engine, "rollback", payload)
+    except StoppedWaiting as exc:
+        print_error(exc.message, exc.hint)
+        return 130
+    except (NoLiveLeader, LeaderGone) as exc:
+        status = "skipped" if isinstance(exc, NoLiveLeader) else "failed"
+        return replace(locked, status=status, reason=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+    return answer.result if answer.result is not None else locked
 
 
 def _report(args: argparse.Namespace, result) -> int:
@@ -504,6 +534,28 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     return run_verify(config, as_json=args.json, yes=args.yes)
 
 
+def cmd_notify(args: argparse.Namespace, config: Config) -> int:
+    from .notify import run_notify_command
+
+    return run_notify_command(config, test=args.test, as_json=args.json)
+
+
+def cmd_web(args: argparse.Namespace, config: Config) -> int:
+    if not 1 <= args.port <= 65_535:
+        raise ConfigError("--port", f"must be from 1 to 65,535 (got {args.port})")
+    try:
+        from tui.web import run_web
+    except ImportError:
+        raise EmpsyncError("empsync web needs textual-serve", "install it: pip install 'empsync[web]'") from None
+    return run_web(
+        config,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        target_url=getattr(args, "target_url", None),
+    )
+
+
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
     from .demo import run_demo
 
@@ -535,6 +587,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "runs": cmd_runs,
     "rollback": cmd_rollback,
     "release": cmd_release,
+    "notify": cmd_notify,
+    "web": cmd_web,
 }
 
 

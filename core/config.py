@@ -1,4 +1,4 @@
-"""sync.toml: loading, environment overrides and validation (DESIGN §3).
+"""sync.toml: loading, environment overrides and validation (its keys are a fixed contract, README).
 
 Precedence is command line > environment > file > defaults. Every problem is a
 ``ConfigError`` that names the offending key, so ``empsync`` can exit 2 with a
@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ MODES = ("poll", "listen")
 LISTEN_SCOPES = ("changes", "collection")
 INTERVAL_MIN, INTERVAL_MAX = 10, 86_400
 
-# Bookkeeping columns of the mirror table besides the id column (DESIGN §4).
+# Bookkeeping columns of the mirror table besides the id column (fixed names: scripts read them).
 UPDATE_TIME_COLUMN = "firestore_update_time"
 SYNCED_AT_COLUMN = "synced_at"
 DELETED_AT_COLUMN = "deleted_at"
@@ -107,6 +107,29 @@ class ApiConfig:
     token: str = ""
     # With a token set, /metrics needs it too unless this is true (for a scraper that cannot send one).
     metrics_public: bool = False
+    # Signs trigger requests (HMAC-SHA256) from a backend that holds no token (README: Signed triggers).
+    webhook_secret: str = ""
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Who is told when syncing needs a person, and when (core/notify.py)."""
+
+    webhook_urls: tuple[str, ...] = ()
+    format: str = "json"
+    smtp_url: str = ""
+    email_to: tuple[str, ...] = ()
+    email_from: str = ""
+    failures_before_alert: int = 3
+    lag_alert_seconds: int = 60
+    # At most one message about new rejects per this many minutes; 0: none.
+    reject_alert_minutes: int = 60
+    # From EMPSYNC_SMTP_PASSWORD only: a password never sits in sync.toml.
+    smtp_password: str = field(default="", repr=False)
+
+    @property
+    def receivers(self) -> int:
+        return len(self.webhook_urls) + (1 if self.smtp_url and self.email_to else 0)
 
 
 @dataclass(frozen=True)
@@ -115,6 +138,7 @@ class Config:
     target: TargetConfig = TargetConfig()
     sync: SyncConfig = SyncConfig()
     api: ApiConfig = ApiConfig()
+    notify: NotifyConfig = NotifyConfig()
     fields: tuple[FieldSpec, ...] = ()
     path: str = ""
     # Where [sync] interval came from: "default", "file", "environment" or "command line".
@@ -137,6 +161,7 @@ SECTIONS: dict[str, type] = {
     "target": TargetConfig,
     "sync": SyncConfig,
     "api": ApiConfig,
+    "notify": NotifyConfig,
 }
 FIELD_KEYS = {"type", "required", "max_length", "column"}
 
@@ -148,7 +173,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "EMPSYNC_TARGET_URL": ("target", "url"),
     "EMPSYNC_API_TOKEN": ("api", "token"),
     "FIRESTORE_EMULATOR_HOST": ("source", "emulator_host"),
+    "EMPSYNC_WEBHOOK_SECRET": ("api", "webhook_secret"),
+    "EMPSYNC_SMTP_PASSWORD": ("notify", "smtp_password"),
 }
+# Keys only the environment may set: secrets that must not sit in a file.
+ENV_ONLY = {"notify.smtp_password": "EMPSYNC_SMTP_PASSWORD"}
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -214,6 +243,9 @@ def from_dict(
             raise ConfigError(name, "must be a table, like [" + name + "]")
         values: dict[str, Any] = {}
         for key, value in table.items():
+            if f"{name}.{key}" in ENV_ONLY:
+                var = ENV_ONLY[f"{name}.{key}"]
+                raise ConfigError(f"{name}.{key}", "is read from the environment only", f"set {var} instead")
             if (name, key) == ("source", "where"):
                 values[key] = load_conditions(value, field_path_problem)
                 continue
@@ -252,6 +284,13 @@ def _check_type(cls: type, dotted: str, key: str, value: Any) -> Any:
     if key not in known:
         raise ConfigError(dotted, "unknown key", f"known keys: {', '.join(known)}")
     expected = type(known[key].default)
+    if expected is tuple:  # a list of strings (TOML arrays)
+        if not isinstance(value, list):
+            raise ConfigError(dotted, f"must be a list of strings, not {_type_word(type(value))}")
+        for n, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{dotted}[{n}]", f"must be a string, not {_type_word(type(item))}")
+        return tuple(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # 1 means 1.0
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
@@ -405,6 +444,7 @@ def validate(config: Config) -> None:
         raise ConfigError("sync.listen_scope", f"must be changes or collection, not {y.listen_scope!r}")
     _bounded("api.port", a.port, 0, 65_535)
     check_target_url(t.url)
+    check_notify(config.notify)
 
     if not config.fields:
         raise ConfigError("fields", "no fields are mapped", "add at least one [fields.NAME] table")
@@ -525,3 +565,90 @@ def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
     new = replace(config, **changed)
     validate(new)
     return new
+
+
+# -- [notify] ------------------------------------------------------------------
+
+NOTIFY_FORMATS = ("json", "slack")
+SMTP_SCHEMES = {"smtp": 25, "smtps": 465}
+MAX_URL = 2048
+_ADDRESS = re.compile(
+    r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
+)
+
+
+@dataclass(frozen=True)
+class SmtpEndpoint:
+    scheme: str  # smtp (STARTTLS where offered) | smtps (TLS from the start)
+    host: str
+    port: int
+    user: str
+
+
+def parse_smtp_url(url: str, key: str = "notify.smtp_url") -> SmtpEndpoint:
+    """``smtps://user@host:465`` or ``smtp://host:25``; a password here is refused (it would sit in a file)."""
+    from urllib.parse import unquote, urlsplit
+
+    if len(url) > MAX_URL or not url.isprintable() or " " in url:
+        raise ConfigError(key, "is not a URL (spaces, control characters, or too long)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(key, "has a port that is not a number from 0 to 65535") from None
+    # The URL itself is never quoted back: it may hold the password this refuses.
+    if parts.password is not None:
+        raise ConfigError(key, "holds a password", "put it in EMPSYNC_SMTP_PASSWORD and write smtps://user@host:465")
+    if parts.scheme not in SMTP_SCHEMES:
+        raise ConfigError(key, "must start smtp:// or smtps://", "like smtps://user@host:465")
+    if not parts.hostname:
+        raise ConfigError(key, "names no host", "like smtps://user@host:465")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(key, "has a path or query; only smtp[s]://[user@]host[:port] is understood")
+    return SmtpEndpoint(parts.scheme, parts.hostname, port or SMTP_SCHEMES[parts.scheme], unquote(parts.username or ""))
+
+
+def check_http_url(url: str, key: str) -> None:
+    from urllib.parse import urlsplit
+
+    if len(url) > MAX_URL or not url.isprintable() or " " in url:
+        raise ConfigError(key, "is not a URL (spaces, control characters, or too long)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ConfigError(key, "is not a URL (a bad port or bracket)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, "must be an http:// or https:// URL with a host", "like https://hooks.example.com/...")
+
+
+def check_address(address: str, key: str) -> None:
+    """A plain mailbox, user@domain: no display name, and never a line break (header injection)."""
+    if not _ADDRESS.fullmatch(address):
+        raise ConfigError(key, f"{address[:100]!r} is not an e-mail address (user@example.com)")
+
+
+def check_notify(n: NotifyConfig) -> None:
+    if n.format not in NOTIFY_FORMATS:
+        raise ConfigError("notify.format", f"must be json or slack, not {n.format!r}")
+    for i, url in enumerate(n.webhook_urls):
+        check_http_url(url, f"notify.webhook_urls[{i}]")
+    if len(set(n.webhook_urls)) != len(n.webhook_urls):
+        raise ConfigError("notify.webhook_urls", "lists a URL twice")
+    if n.smtp_url:
+        parse_smtp_url(n.smtp_url)
+    for i, address in enumerate(n.email_to):
+        check_address(address, f"notify.email_to[{i}]")
+    if n.email_from:
+        check_address(n.email_from, "notify.email_from")
+    if n.smtp_url and not n.email_to:
+        raise ConfigError("notify.email_to", "is empty, but smtp_url is set", 'list who gets mail: ["ops@example.com"]')
+    if n.email_to and not n.smtp_url:
+        raise ConfigError("notify.smtp_url", "is empty, but email_to lists addresses", "like smtps://user@host:465")
+    if n.email_to and not n.email_from:
+        raise ConfigError(
+            "notify.email_from", "is empty, but email_to lists addresses", "the sender, like empsync@example.com"
+        )
+    _bounded("notify.failures_before_alert", n.failures_before_alert, 1, 1000)
+    _bounded("notify.lag_alert_seconds", n.lag_alert_seconds, 1, 86_400)
+    _bounded("notify.reject_alert_minutes", n.reject_alert_minutes, 0, 7 * 24 * 60)

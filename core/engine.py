@@ -1,4 +1,4 @@
-"""One sync run: fetch → map → diff → apply → record, emitting events (DESIGN §5).
+"""One sync run: fetch → map → diff → apply → record, emitting events (docs/architecture.md §3).
 
 Reading overlaps writing: a reader thread fetches the next Firestore page
 while this thread applies the current one, so a run costs little more than the
@@ -707,7 +707,12 @@ class SyncEngine:
                 log.warning("Employee rejected: %s: %s", r.doc_id, r.reject)
         self.bus.emit(
             BatchApplied(
-                utcnow(), run.run_id, run.counts.as_dict(), changes, tuple((r.doc_id, str(r.reject)) for r in rejected)
+                utcnow(),
+                run.run_id,
+                run.counts.as_dict(),
+                changes,
+                tuple((r.doc_id, str(r.reject)) for r in rejected),
+                tuple(sorted(new_rejects)),
             )
         )
 

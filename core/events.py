@@ -47,6 +47,7 @@ class BatchApplied(Event):
     counts: dict[str, int]
     changes: tuple[ChangeRecord, ...] = ()
     rejects: tuple[tuple[str, str], ...] = ()  # (document id, reason)
+    new_rejects: tuple[str, ...] = ()  # the ids among rejects that were not rejected before
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,18 @@ class RequestUpdate(Event):
     run_id: int | None = None
     result: RunReport | None = None  # what the leader recorded once the run ended
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class NotificationSent(Event):
+    """The outcome of one notification to one receiver (core/notify.py); ``ok`` False: it was given up."""
+
+    kind: str
+    title: str
+    receiver: str
+    ok: bool
+    attempts: int
+    detail: str = ""
 
 
 Subscriber = Callable[[Event], None]

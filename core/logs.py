@@ -193,3 +193,7 @@ def secrets_of(config) -> None:
     except Exception:  # noqa: BLE001 - a URL that does not parse has no password to hide
         pass
     register_secret(config.api.token)
+    register_secret(config.api.webhook_secret)
+    register_secret(config.notify.smtp_password)
+    for url in config.notify.webhook_urls:  # a chat webhook's URL is its credential
+        register_secret(url)

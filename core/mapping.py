@@ -188,7 +188,7 @@ def to_date(value: Any) -> date:
 
 
 def json_ready(value: Any) -> Any:
-    """Firestore values as plain JSON values (DESIGN §3, type json)."""
+    """Firestore values as plain JSON values (the ``json`` field type)."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):

@@ -6,7 +6,7 @@ from datetime import UTC
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .events import Event, StatusChanged, SyncFailed, SyncFinished
+from .events import Event, NotificationSent, StatusChanged, SyncFailed, SyncFinished
 
 OUTCOMES = ("inserted", "updated", "deleted", "unchanged", "rejected")
 
@@ -32,6 +32,12 @@ class Metrics:
         self.rows = Gauge("empsync_rows", "Live rows in the mirror table", registry=r)
         self.interval = Gauge("empsync_interval_seconds", "Current interval between normal runs", registry=r)
         self.up = Gauge("empsync_worker_up", "1 while the worker thread runs", registry=r)
+        self.notifications = Counter(
+            "empsync_notifications",
+            "Notifications by receiver and outcome (sent, failed after retries, dropped unsent)",
+            ["receiver", "outcome"],
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self.documents.labels(outcome)
 
@@ -50,6 +56,9 @@ class Metrics:
             self.runs.labels(event.kind, "failed").inc()
         elif isinstance(event, StatusChanged):
             self.update(event.snapshot)
+        elif isinstance(event, NotificationSent):
+            outcome = "sent" if event.ok else "dropped" if event.attempts == 0 else "failed"
+            self.notifications.labels(event.receiver, outcome).inc()
 
     def update(self, snapshot: dict) -> None:
         self.leader.set(1 if snapshot.get("is_leader") else 0)

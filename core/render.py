@@ -87,6 +87,8 @@ def status_text(s: dict[str, Any]) -> str:
             ),
             ("target", f"{s['target']} table {s['table']}"),
             ("mass-delete guard", guard_text(s.get("mass_delete_guard"))),
+            ("notifications", notify_text(s.get("notifications"))),
+            ("last failed notice", notify_text(s.get("notifications"), "last_failure")),
         ]
     )
 
@@ -99,6 +101,19 @@ def leader_text(s: dict[str, Any]) -> str | None:
     if s["leader_alive"]:
         return f"{leader} ({s.get('leader_state') or 'alive'}, seen {s.get('leader_seen_at')})"
     return f"{leader} (not answering since {s.get('leader_seen_at')})"
+
+
+def notify_text(n: dict[str, Any] | None, which: str = "last") -> str | None:
+    """What became of the last notification, or (``which="last_failure"``) of the last that failed."""
+    entry = n.get(which) if isinstance(n, dict) else None
+    if not isinstance(entry, dict) or (which == "last_failure" and entry == n.get("last")):
+        return None
+    verdict = "sent" if entry.get("ok") else f"FAILED ({entry.get('detail')})"
+    text = f"{entry.get('at')} {entry.get('title')!r} to {entry.get('receiver')}: {verdict}"
+    if which == "last":
+        counts = n.get("counts") or {}
+        text += f"; {counts.get('sent', 0)} sent, {counts.get('failed', 0)} failed, {counts.get('dropped', 0)} dropped"
+    return text
 
 
 def guard_text(guard: dict[str, Any] | None) -> str | None:

@@ -227,6 +227,12 @@ class Rollback:
         elif op in ("insert", "repair"):  # the row was not there before (a repair re-inserted a missing one)
             row.exists = False
         elif op == "delete":
+            if not old and not row.exists:
+                raise RollbackRefused(
+                    f"run #{entry['run_id']} hard-deleted {entry['document_id']!r} before empsync kept a deleted "
+                    "row's values in the audit: it cannot be put back",
+                    "a force run brings it back if its document still exists",
+                )
             row.exists, row.deleted_at = True, None
             if old:  # the values it had, kept by the delete: the row may be gone (a hard delete)
                 for key, text in json.loads(old).items():

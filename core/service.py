@@ -11,6 +11,7 @@ once, not once per missed interval.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -32,6 +33,7 @@ from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, Sy
 from .exchange import Inbox, Outbox
 from .live import LiveMirror
 from .lock import SyncLock, make_lock
+from .notify import Notifier
 from .presence import Publisher, SharedLog, live_leader
 from .requests import Request, Requests
 from .state import iso, parse_iso, utcnow, whoami
@@ -143,6 +145,12 @@ class SyncService:
         self._next_requests = 0.0
         self._live_mirror: LiveMirror | None = None
         self.bus.subscribe(self._on_event)
+        self.notifier: Notifier | None = None
+        if config.notify.receivers and not attach:  # an attached console (a browser tab) tells nobody: its leader does
+            self.notifier = Notifier(
+                config, identity=self.identity, snapshot=self.snapshot, record=self._record_notify, emit=self.bus.emit
+            )
+            self.bus.subscribe(self.notifier.observe)
 
     # -- the face-facing API (any thread, returns at once) ----------------------
 
@@ -150,6 +158,8 @@ class SyncService:
         if self._thread is None:
             if self._publisher is not None:
                 self._publisher.start()
+            if self.notifier is not None:
+                self.notifier.start()
             self._thread = threading.Thread(target=self._main, name="empsync-worker", daemon=True)
             self._thread.start()
         return self
@@ -160,8 +170,9 @@ class SyncService:
         self._commands.put(("wake", None))
         if self._thread is not None:
             self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+        if self.notifier is not None:
+            self.notifier.stop()
+        return self._thread is None or not self._thread.is_alive()
 
     @property
     def alive(self) -> bool:
@@ -355,6 +366,9 @@ class SyncService:
                 self._run_pending_requests()
             if self._stop.is_set():
                 return
+
+    def _record_notify(self, outcome: dict[str, Any]) -> None:
+        self.engine.state.set(**{keys.NOTIFY: json.dumps(outcome)})
 
     def _add_pending(self, ticket: Ticket) -> None:
         if ticket.kind in ONE_OFF_KINDS:

@@ -41,6 +41,8 @@ FULL_READ = "full_read"
 COMMIT_LAG_MS = "commit_lag_ms"
 # Set while the mass-delete guard holds back a run's deletions (JSON), cleared when a full read passes it.
 MASS_DELETE_GUARD = "mass_delete_guard"
+# What became of the last notifications (JSON, core/notify.py).
+NOTIFY = "notify"
 
 RUN_COUNTERS = (
     "fetched",

@@ -100,6 +100,7 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
         "last_run": _run_json(last_run),
         "last_verify": values.get(keys.LAST_VERIFY),
         "mass_delete_guard": _json_value(values.get(keys.MASS_DELETE_GUARD)),
+        "notifications": _json_value(values.get(keys.NOTIFY)),
     }
 
 

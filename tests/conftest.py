@@ -209,10 +209,10 @@ def run_cli(
 def write_toml(path: Path, config: cfg.Config) -> Path:
     """The TOML file for a Config, for subprocess tests."""
     lines = []
-    for section in ("source", "target", "sync", "api"):
+    for section in ("source", "target", "sync", "api", "notify"):
         lines.append(f"[{section}]")
         for key, value in vars(getattr(config, section)).items():
-            if key != "where":
+            if key != "where" and f"{section}.{key}" not in cfg.ENV_ONLY:
                 lines.append(f"{key} = {_toml(value)}")
     for condition in config.source.where:
         lines.append("[[source.where]]")

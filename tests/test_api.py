@@ -1,4 +1,4 @@
-"""The control API (issue 3, point 6) on a real service, emulator and database.
+"""The control API on a real service, emulator and database.
 
 Every endpoint and every error status: 400 bad JSON, 401 without and with a
 wrong token, 404, 405, 413, 422 wrong types and out-of-range values, 202 for
@@ -328,7 +328,7 @@ def test_a_non_loopback_api_without_a_token_refuses_to_start(make_config, sqlite
         assert "Leading" not in process.text(), "it started syncing before refusing"
 
 
-# -- hostile input (issue 11, points 1 to 5) ---------------------------------------------------
+# -- hostile input ----------------------------------------------------------------------------
 
 
 def raw_exchange(served, data: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""Faults of one sync run: servers down, a wrong password, an emulator dying mid-run, kill -9 (issue 2, point 7).
+"""Faults of one sync run: servers down, a wrong password, an emulator dying mid-run, kill -9.
 
 Every expected failure is exit 1 with one or two clear lines and no traceback,
 never shows the target's password, leaves no partial batch, and the next run

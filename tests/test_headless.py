@@ -1,4 +1,4 @@
-"""``empsync --no-ui`` as a real process (issue 3, points 4 and 5).
+"""``empsync --no-ui`` as a real process: its log lines, its stops, its API.
 
 SIGTERM and SIGINT exit 0 within 10 s and free the lock; two services on one
 MariaDB database elect exactly one leader, and kill -9 of the leader hands

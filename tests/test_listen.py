@@ -1,4 +1,4 @@
-"""Listen mode (issue 5) against the real emulator and real targets.
+"""Listen mode against the real emulator and real targets.
 
 Each numbered point of the issue has its tests here: micro-batches through the
 same apply path, the cost of a (re)subscription, the watchdog and an emulator
@@ -392,7 +392,7 @@ def test_emulator_restart_under_a_running_service(tmp_path, make_config, mysql_u
 
 FULL = os.environ.get("EMPSYNC_FULL", "") in ("1", "true", "yes")
 # CI size: 5,000 writes in parallel batch commits over a few seconds. EMPSYNC_FULL=1: the
-# issue's 5,000 writes a second for 10 s.
+# 5,000 writes a second for 10 s.
 BURST_WRITES, BURST_SECONDS = (50_000, 10.0) if FULL else (5_000, 2.5)
 
 

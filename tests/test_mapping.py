@@ -1,4 +1,4 @@
-"""Field types, coercion rules, the content hash and the diff (DESIGN §3, §5): pure logic, fast."""
+"""Field types, coercion rules, the content hash and the diff: pure logic, fast."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SSH-attended operation (issue 12): consoles and commands that steer the service already running.
+"""SSH-attended operation: consoles and commands that steer the service already running.
 
 A real ``empsync --no-ui`` leads on MariaDB and the emulator; beside it a
 console (Pilot, in this process), ``empsync sync`` typed at a shell, or a
@@ -355,3 +355,27 @@ def test_the_seeds_spellings(make_config, sqlite_url, tmp_path):
     assert json.loads(ran.stdout)["status"] == "ok" and "interval set to 60 s" in ran.stderr
     assert [r["trigger"] for r in runs_table(make_config(sqlite_url))] == ["cli"]
     assert requests_of(make_config(sqlite_url)) == [], "nothing else held the lock: nothing was asked of anyone"
+
+
+def test_selected_ids_and_a_rollback_typed_while_a_service_leads_run_in_the_leader(
+    make_config, mysql_url, firestore_client, tmp_path, processes
+):
+    write_docs(firestore_client, {f"e{i}": employee(i) for i in range(4)})
+    config = make_config(mysql_url, sync={"interval": 3600, "force_interval": 7200})
+    leader, path = start_leader(config, tmp_path, processes)
+    write_docs(firestore_client, {"e1": employee(1, salary=1)})
+
+    ids = run_cli("sync", "--id", "e1", "--json", "--config", str(path))
+    assert ids.returncode == 0, ids.stderr
+    made = json.loads(ids.stdout)
+    assert (made["kind"], made["updated"], made["firestore_reads"]) == ("ids", 1, 1)
+    assert run_row(config, made["run_id"])["pid"] == leader.pid
+    assert mirror_rows(config)["e1"]["salary"] == 1
+
+    back = run_cli("rollback", str(made["run_id"]), "--yes", "--json", "--config", str(path))
+    assert back.returncode == 0, back.stderr
+    rolled = json.loads(back.stdout)
+    assert rolled["kind"] == "rollback" and rolled["rolled_back"] == [made["run_id"]]
+    assert run_row(config, rolled["run_id"])["pid"] == leader.pid, "the leader rolled it back, holding the lock"
+    assert mirror_rows(config)["e1"]["salary"] == 50001
+    wait_for(lambda: stored_state(config).get("paused") == "1", 10, "the pause the rollback asks for")

@@ -1,7 +1,6 @@
 """The sync service in-process, against the real emulator and real targets.
 
-Issue 3, points 1-3, 5 and 7: scheduled runs, live interval changes, pause,
-disabled mode, a job's exception, one leader on a lost lock connection, and
+Scheduled runs, live interval changes, pause, disabled mode, a job's exception, one leader on a lost lock connection, and
 recovery from a database outage; the lock and the outage on MariaDB and on
 PostgreSQL. The contract's smallest interval is 10 s; for
 second-scale schedules these tests lower the module constants in-process.

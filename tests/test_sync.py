@@ -1,4 +1,4 @@
-"""Sync semantics end to end: the real emulator, and SQLite and MariaDB as targets (DESIGN §2, §4, §5)."""
+"""Sync semantics end to end: the real emulator, and SQLite and MariaDB as targets."""
 
 from __future__ import annotations
 
@@ -395,7 +395,7 @@ def test_a_second_force_run_writes_nothing(make_config, target_url, firestore_cl
     with mirror_writes(engine) as writes:
         first = ok(engine.run(force=True))
     assert first.inserted == 120
-    # Multi-row statements, one per batch of 100 (DESIGN §5: never row by row).
+    # Multi-row statements, one per batch of 100: never row by row.
     assert [w.count("), (") + 1 for w in writes] == [100, 20]
     before, audit_before = rows(engine), audit(engine)
     assert len([a for a in audit_before if a["operation"] == "insert"]) == 120

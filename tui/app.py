@@ -723,7 +723,9 @@ def run_console(config: Any, attach: bool = False) -> int:
     ``attach`` (``empsync --attach``): a console that never takes the lock and serves no API;
     it watches and steers whichever process leads.
     """
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    # Under `empsync web` textual-serve runs this console with Textual's web driver on pipes.
+    in_a_browser = os.environ.get("TEXTUAL_DRIVER", "").startswith("textual.drivers.web_driver:")
+    if not in_a_browser and not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("empsync: the console needs a terminal on stdin and stdout", file=sys.stderr)
         print("  hint: run `empsync --no-ui` for the headless service, or a one-shot command", file=sys.stderr)
         return 2
