@@ -70,10 +70,11 @@ class RequestLife(RuleBasedStateMachine):
     @rule(leader=st.sampled_from(LEADERS))
     def claim(self, leader: str) -> None:
         taken = self.requests.claim(leader, now=utcnow() + self.age)
+        looked_at = sorted(self._in(req.QUEUED))[: req.CLAIM_BATCH]  # the oldest, one batch a look
         stale = self.age.total_seconds() > req.TTL_S
-        expected = [] if stale else sorted(self._in(req.QUEUED))[: req.CLAIM_BATCH]
+        expected = [] if stale else looked_at
         if stale:
-            for i in self._in(req.QUEUED):
+            for i in looked_at:
                 self.model[i] = (req.EXPIRED, None)
         assert [r.id for r in taken] == expected
         for r in taken:
