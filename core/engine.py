@@ -29,8 +29,9 @@ from .events import BatchApplied, ChangeRecord, EventBus, RunCounts, RunReport, 
 from .lock import SyncLock, make_lock
 from .mapping import RejectError, content_hash, map_document
 from .source import FirestoreSource, SourceDoc
-from .state import State, iso, parse_iso, utcnow
-from .store import MirrorStore, Planned, Rejected, naive_utc
+from .state import State
+from .store import MirrorStore, Planned, Rejected
+from .times import iso, iso_precise, naive_utc, parse_iso, utcnow
 from .watermark import CorruptState, Watermark, margin, scope_of, stored_lag
 
 log = logging.getLogger("empsync.sync")
@@ -995,11 +996,6 @@ def _repair_words(decision: Decision) -> str:
     if decision.op is Op.RESTORE:
         return "it was marked deleted" + (f"; {what}" if what else "")
     return what
-
-
-def iso_precise(moment: datetime) -> str:
-    """Naive-UTC ISO text with microseconds (``state.iso`` keeps whole seconds)."""
-    return naive_utc(moment).isoformat(timespec="microseconds") + "Z"
 
 
 def _would_change(plans: Iterable[Planned], rejected: Iterable[Rejected]) -> Iterator[dict[str, Any]]:

@@ -28,8 +28,7 @@ from .backoff import backoff_delay
 from .engine import SyncEngine, newest_per_id
 from .errors import EmpsyncError
 from .listen import Listener, LiveItem
-from .state import utcnow
-from .store import naive_utc
+from .times import naive_utc, utcnow
 from .watermark import Watermark, scope_of, stored_lag
 
 log = logging.getLogger("empsync.listen")

@@ -12,7 +12,7 @@ from datetime import date, datetime
 from typing import Any
 
 from .safe import safe_values
-from .state import iso
+from .times import iso
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -35,8 +35,8 @@ from .diff import Op
 from .errors import EmpsyncError
 from .events import BatchApplied, ChangeRecord, SyncFinished, SyncStarted
 from .mapping import content_hash, display
-from .state import iso, utcnow
 from .store import ID_CHUNK, row_json
+from .times import iso, utcnow
 
 log = logging.getLogger("empsync.rollback")
 

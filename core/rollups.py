@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from .state import iso
+from .times import iso
 
 HOURS = 48  # hourly buckets kept in stats
 DAYS = 30  # daily buckets

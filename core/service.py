@@ -36,8 +36,9 @@ from .lock import SyncLock, make_lock
 from .notify import Notifier
 from .presence import Publisher, SharedLog, live_leader
 from .requests import Request, Requests
-from .state import iso, parse_iso, utcnow, whoami
+from .state import whoami
 from .status import build_stats, build_status
+from .times import iso, parse_iso, utcnow
 
 log = logging.getLogger("empsync.service")
 

@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
@@ -20,6 +20,8 @@ from sqlalchemy.engine import Connection
 from .config import DELETED_AT_COLUMN, check_interval
 from .db import Database, upsert
 from .errors import ConfigError
+from .rollups import percentile
+from .times import utcnow
 
 # Keys of empsync_state.
 INTERVAL = "interval"
@@ -57,30 +59,6 @@ RUN_COUNTERS = (
     "firestore_reads",
     "naive_reads",
 )
-
-
-def utcnow() -> datetime:
-    """Naive UTC, the form every timestamp column stores."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str | None) -> datetime | None:
-    """Naive UTC from ISO text; None for none, and for text that is not a time (a hand-edited state row)."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def whoami() -> str:
@@ -210,8 +188,6 @@ class State:
 
     def record_lag(self, hour: datetime, run_id: int, samples: list[int]) -> None:
         """One listen session's write-to-row lag in one hour (its samples so far: the row is replaced)."""
-        from .rollups import percentile
-
         row = {
             "hour": hour,
             "run_id": run_id,

@@ -15,7 +15,7 @@ from .engine import SyncEngine
 from .errors import EmpsyncError
 from .presence import live_leader
 from .rollups import DAYS, HOURS, rollup
-from .state import iso, parse_iso, utcnow
+from .times import iso, parse_iso, utcnow
 
 # A status call never waits long on Firestore just to refresh the count.
 COUNT_TIMEOUT_S = 5

@@ -43,7 +43,7 @@ from .events import (
     SyncStarted,
 )
 from .safe import json_safe
-from .state import iso
+from .times import iso
 
 log = logging.getLogger("empsync.api.events")
 _protocol_log = logging.getLogger("empsync.api.websocket")

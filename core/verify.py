@@ -23,7 +23,7 @@ from .engine import SyncEngine
 from .errors import ConfigError, EmpsyncError
 from .mapping import RejectError, map_document
 from .safe import safe_values
-from .state import iso, utcnow
+from .times import iso, utcnow
 
 SHOWN = 100  # ids listed per kind of difference; the counts are always complete
 

@@ -24,8 +24,8 @@ from core import state as keys
 from core.engine import SyncEngine, _Run
 from core.mapping import Reject
 from core.service import SyncService
-from core.state import utcnow
 from core.store import Rejected
+from core.times import utcnow
 from core.verify import verify
 
 from .conftest import employee, run_cli, write_docs, write_toml

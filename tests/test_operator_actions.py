@@ -221,7 +221,7 @@ def test_a_rollback_of_an_unknown_or_expired_run_says_why(make_config, target_ur
 
             from sqlalchemy import update
 
-            from core.state import utcnow
+            from core.times import utcnow
 
             conn.execute(update(runs).where(runs.c.id == run.run_id).values(started_at=utcnow() - timedelta(days=91)))
     path = str(write_toml(tmp_path / "sync.toml", config))

@@ -12,7 +12,8 @@ from core import state as keys
 from core.db import Database
 from core.logs import register_secret
 from core.presence import LogBuffer, Publisher, SharedLog, live_leader
-from core.state import State, utcnow
+from core.state import State
+from core.times import utcnow
 
 LEADER = "ops-1:4242"
 

@@ -28,7 +28,7 @@ from core import requests as req
 from core.db import Database
 from core.engine import RunResult, SyncEngine
 from core.requests import Requests
-from core.state import utcnow
+from core.times import utcnow
 
 LEADERS = ("ops-1:100", "ops-2:200")
 
