@@ -431,9 +431,11 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
         except argparse.ArgumentTypeError:
             raise ConfigError("interval", f"{args.seconds[:40]!r} is not a whole number of seconds") from None
         check_interval(seconds)
+    from .state import StateKey
+
     with open_engine(config) as engine:
         if seconds is None:
-            engine.state.forget("interval")
+            engine.state.forget(StateKey.INTERVAL)
             setting = engine.state.interval()
             print(f"interval reset: {setting.seconds} s from {setting.source}")
         else:
@@ -443,8 +445,10 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_pause(args: argparse.Namespace, config: Config, paused: bool = True) -> int:
+    from .state import StateKey
+
     with open_engine(config) as engine:
-        engine.state.set(paused="1" if paused else "0")
+        engine.state.set({StateKey.PAUSED: "1" if paused else "0"})
     print("scheduled runs paused; `empsync resume` resumes them" if paused else "scheduled runs resumed")
     return EXIT_OK
 

@@ -31,11 +31,10 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from . import state as keys
 from .db import Database, insert_rows
 from .errors import EmpsyncError
 from .logs import add_filters, record_text
-from .state import State
+from .state import State, StateKey
 from .times import from_timestamp, iso_precise, parse_iso, utcnow
 
 log = logging.getLogger("empsync.presence")
@@ -69,9 +68,9 @@ def live_leader(values: Mapping[str, str | None]) -> LiveLeader | None:
     A view written by any other process (one that lost the lock and wrote a
     last time after its successor took over) is not the leader's.
     """
-    leader = values.get(keys.LEADER)
+    leader = values.get(StateKey.LEADER)
     try:
-        raw = json.loads(values.get(keys.LEADER_LIVE) or "null")
+        raw = json.loads(values.get(StateKey.LEADER_LIVE) or "null")
     except ValueError:
         return None
     if not leader or not isinstance(raw, dict) or raw.get("service") != leader:
@@ -237,5 +236,5 @@ class Publisher:
             shown = json.dumps({k: view.get(k) for k in ESSENTIAL}, sort_keys=True, default=str)
         stamp = iso_precise(utcnow(), "milliseconds")
         live = f'{{"service": {json.dumps(self.service)}, "at": "{stamp}", "snapshot": {shown}}}'
-        self.state.set(**{keys.LEADER_LIVE: live})
+        self.state.set({StateKey.LEADER_LIVE: live})
         self._last_body, self._last_write = body, now

@@ -24,7 +24,6 @@ from typing import Any
 import schedule
 
 from . import requests as req
-from . import state as keys
 from .backoff import backoff_delay
 from .config import Config, check_interval
 from .engine import RunResult, SyncEngine
@@ -36,7 +35,7 @@ from .lock import SyncLock, make_lock
 from .notify import Notifier
 from .presence import Publisher, SharedLog, live_leader
 from .requests import Request, Requests
-from .state import whoami
+from .state import StateKey, whoami
 from .status import build_stats, build_status
 from .times import iso, parse_iso, utcnow
 
@@ -352,11 +351,11 @@ class SyncService:
             if name == "run":
                 self._forward(arg) if arg.forwarded else self._add_pending(arg)
             elif name == "interval":
-                self._store(**{keys.INTERVAL: arg})
+                self._store({StateKey.INTERVAL: arg})
                 self._apply_interval(arg, "database")
                 log.info("Interval set to %d s", arg)
             elif name == "paused":
-                self._store(**{keys.PAUSED: "1" if arg else "0"})
+                self._store({StateKey.PAUSED: "1" if arg else "0"})
                 self._paused = arg
                 with self._snapshot_lock:
                     self._live["paused"] = arg
@@ -369,7 +368,7 @@ class SyncService:
                 return
 
     def _record_notify(self, outcome: dict[str, Any]) -> None:
-        self.engine.state.set(**{keys.NOTIFY: json.dumps(outcome)})
+        self.engine.state.set({StateKey.NOTIFY: json.dumps(outcome)})
 
     def _add_pending(self, ticket: Ticket) -> None:
         if ticket.kind in ONE_OFF_KINDS:
@@ -386,7 +385,7 @@ class SyncService:
 
     def _store(self, **values: Any) -> None:
         try:
-            self.engine.state.set(**values)
+            self.engine.state.set(values)
         except EmpsyncError as exc:
             log.error("could not store %s: %s", ", ".join(values), exc.message)
 
@@ -459,14 +458,14 @@ class SyncService:
         except Exception as exc:  # noqa: BLE001 - driver errors while the server is away
             raise EmpsyncError(f"cannot reach the database for the sync lock ({type(exc).__name__})") from None
         if not got:
-            leader = self.engine.state.get(keys.LEADER) or "another process"
+            leader = self.engine.state.get(StateKey.LEADER) or "another process"
             with self._snapshot_lock:
                 self._live["is_leader"] = False
                 self._live["leader"] = leader
             self._set_state("standby", f"{leader} leads")
             return
         try:
-            self.engine.state.set(**{keys.LEADER: self.identity})
+            self.engine.state.set({StateKey.LEADER: self.identity})
             closed = self.engine.state.close_interrupted_runs()
             requeued, cut_off = self.requests.recover(self._inbox.held(), _interrupted)
         except EmpsyncError:
@@ -506,8 +505,8 @@ class SyncService:
         if self._live["is_leader"]:
             self._release_requests()
             try:
-                if self.engine.state.get(keys.LEADER) == self.identity:
-                    self.engine.state.forget(keys.LEADER, keys.LEADER_LIVE)
+                if self.engine.state.get(StateKey.LEADER) == self.identity:
+                    self.engine.state.forget(StateKey.LEADER, StateKey.LEADER_LIVE)
             except EmpsyncError:
                 pass
         try:
@@ -531,8 +530,8 @@ class SyncService:
         interval, force_interval = self._interval, self.config.sync.force_interval
         normal = self._scheduler.every(interval).seconds.do(self._tick, force=False)
         force = self._scheduler.every(force_interval).seconds.do(self._tick, force=True)
-        normal.next_run = _local(_next(values.get(keys.LAST_SYNC_AT), interval))
-        force.next_run = _local(_next(values.get(keys.LAST_FORCE_SYNC_AT), force_interval))
+        normal.next_run = _local(_next(values.get(StateKey.LAST_SYNC_AT), interval))
+        force.next_run = _local(_next(values.get(StateKey.LAST_FORCE_SYNC_AT), force_interval))
         self._update_next_times()
 
     def _apply_interval(self, seconds: int, source: str) -> None:
@@ -553,7 +552,7 @@ class SyncService:
             if setting.seconds != self._interval:
                 log.info("Interval is now %d s (from %s)", setting.seconds, setting.source)
             self._apply_interval(setting.seconds, setting.source)
-        paused = values.get(keys.PAUSED) == "1"
+        paused = values.get(StateKey.PAUSED) == "1"
         if paused != self._paused:
             self._paused = paused
             with self._snapshot_lock:
@@ -561,7 +560,7 @@ class SyncService:
             self._update_next_times()
             log.info("Scheduled runs %s", "paused" if paused else "resumed")
         if not self.is_leader:
-            leader = values.get(keys.LEADER)
+            leader = values.get(StateKey.LEADER)
             live = live_leader(values)
             view = None
             if live is not None:
@@ -689,7 +688,7 @@ class SyncService:
         try:
             result.run_id = self.engine.state.start_run(kind, trigger)
             self.engine.state.finish_run(result.run_id, "failed", {}, 0, reason)
-            self.engine.state.set(**{keys.LAST_STATUS: "failed", keys.LAST_ERROR: reason[:500]})
+            self.engine.state.set({StateKey.LAST_STATUS: "failed", StateKey.LAST_ERROR: reason[:500]})
         except EmpsyncError:
             pass
         self.bus.emit(SyncFailed(utcnow(), result.run_id, kind, reason))

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import state as keys
 from .config import Config
 from .diff import same
 from .engine import SyncEngine
 from .errors import ConfigError, EmpsyncError
 from .mapping import RejectError, map_document
 from .safe import safe_values
+from .state import StateKey
 from .times import iso, utcnow
 
 SHOWN = 100  # ids listed per kind of difference; the counts are always complete
@@ -116,7 +116,7 @@ def run_verify(config: Config, *, as_json: bool, yes: bool) -> int:
         summary = {**report.to_json(), "at": iso(utcnow())}
         try:
             short = {k: summary[k] for k in ("status", "differences", "documents", "rows", "at")}
-            engine.state.set(**{keys.LAST_VERIFY: json.dumps(short)})
+            engine.state.set({StateKey.LAST_VERIFY: json.dumps(short)})
         except EmpsyncError:
             pass  # the result still prints
     finally:
