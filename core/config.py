@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -557,14 +557,6 @@ def mask_url(url: str) -> str:
     except (ArgumentError, ValueError):
         # Unparsable (say one slash too few): hide everything up to the last @.
         return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*:/*)?.*@", lambda m: (m.group(1) or "") + "***@", url)
-
-
-def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
-    """A copy with some section values replaced, validated again (used by demo and tests)."""
-    changed = {name: replace(getattr(config, name), **values) for name, values in sections.items()}
-    new = replace(config, **changed)
-    validate(new)
-    return new
 
 
 # -- [notify] ------------------------------------------------------------------
