@@ -7,7 +7,6 @@ Every expected failure ends as one or two lines on stderr and an exit code:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .config import Config, check_document_ids, check_interval, load
 from .errors import ConfigError, EmpsyncError
+from .render import emit_json, emit_text
 
 if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it import it
     from .engine import RunResult, SyncEngine
@@ -189,19 +189,6 @@ def setup_logging(verbose: bool, fmt: str = "text") -> None:
 
     # Without -v a one-shot command prints its own result and errors; the log stays quiet.
     configure(level=logging.INFO if verbose else logging.CRITICAL, fmt=fmt)
-
-
-def emit_json(data: Any) -> None:
-    from .safe import json_safe
-
-    print(json_safe(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
-
-
-def emit_text(text: str) -> None:
-    """A command's text result; the renderers escape each value, this keeps the whole terminal-safe."""
-    from .safe import terminal_safe
-
-    print(terminal_safe(text, multiline=True))
 
 
 # -- commands -------------------------------------------------------------------

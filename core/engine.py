@@ -22,10 +22,11 @@ from typing import Any
 from .conditions import matches
 from .config import Config
 from .db import Database
+from .dialects import make_lock
 from .diff import Decision, Op, decide
 from .errors import Cancelled, EmpsyncError, LockHeld, TargetError
 from .events import BatchApplied, ChangeRecord, EventBus, RunCounts, RunReport, SyncFailed, SyncFinished, SyncStarted
-from .lock import SyncLock, make_lock
+from .lock import SyncLock
 from .mapping import RejectError, content_hash, map_document
 from .source import FirestoreSource, SourceDoc
 from .state import State, StateKey

@@ -26,12 +26,13 @@ import schedule
 from . import requests as req
 from .backoff import backoff_delay
 from .config import Config, check_interval
+from .dialects import make_lock
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
 from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from .exchange import Inbox, Outbox
 from .live import LiveMirror
-from .lock import SyncLock, make_lock
+from .lock import SyncLock
 from .notify import Notifier
 from .presence import Publisher, SharedLog, live_leader
 from .requests import Request, Requests

@@ -21,6 +21,7 @@ from .diff import same
 from .engine import SyncEngine
 from .errors import ConfigError, EmpsyncError
 from .mapping import RejectError, map_document
+from .render import emit_json, emit_text
 from .safe import safe_values
 from .state import StateKey
 from .times import iso, utcnow
@@ -100,8 +101,6 @@ def verify(engine: SyncEngine) -> VerifyReport:
 
 
 def run_verify(config: Config, *, as_json: bool, yes: bool) -> int:
-    from .cli import emit_json, emit_text
-
     engine = SyncEngine(config)
     try:
         cost = estimated_reads(engine)

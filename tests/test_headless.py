@@ -22,8 +22,8 @@ import pytest
 
 from core import config as cfg
 from core.db import make_engine
+from core.dialects import make_lock
 from core.emulator import free_port
-from core.lock import make_lock
 
 from .conftest import REPO, employee, run_cli, write_docs, write_toml
 from .service_support import TEXT_LINE, Headless, http, mirror_rows, runs_table, stored_state, wait_for

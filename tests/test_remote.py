@@ -22,9 +22,9 @@ from sqlalchemy import create_engine, text
 
 import core.presence as presence
 from core import requests as req
+from core.dialects import make_lock
 from core.emulator import free_port
 from core.engine import SyncEngine
-from core.lock import make_lock
 from core.requests import Requests
 from core.service import SyncService
 from core.state import StateKey

@@ -15,8 +15,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import GeoPoint
 from sqlalchemy import event, func, inspect, select, update
 
+from core.dialects import make_lock
 from core.engine import SyncEngine
-from core.lock import make_lock
 from core.state import StateKey
 
 from .conftest import EMPLOYEE_FIELDS, employee, run_cli, write_docs, write_toml

@@ -25,8 +25,8 @@ from sqlalchemy import create_engine
 from textual import events
 from textual.command import CommandList, CommandPalette
 
+from core.dialects import make_lock
 from core.events import BatchApplied, ChangeRecord
-from core.lock import make_lock
 from core.service import SyncService
 from core.times import utcnow
 from tui import format as fmt
