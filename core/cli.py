@@ -15,8 +15,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .config import Config, check_document_ids, check_interval, load
@@ -531,14 +531,50 @@ def cmd_notify(args: argparse.Namespace, config: Config) -> int:
     return run_notify_command(config, test=args.test, as_json=args.json)
 
 
-def cmd_web(args: argparse.Namespace, config: Config) -> int:
+class ConsoleRunner(Protocol):
+    """Opens the console on a config until the operator quits; returns the exit code (``attach``: never lead)."""
+
+    def __call__(self, config: Config, *, attach: bool = False) -> int: ...
+
+
+class WebRunner(Protocol):
+    """Serves the console to browsers until stopped; returns the exit code."""
+
+    def __call__(
+        self, config: Config, *, host: str, port: int, public_url: str | None, target_url: str | None
+    ) -> int: ...
+
+
+class NoScreen(EmpsyncError):
+    """The console was asked of an entry point that was handed none."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class Faces:
+    """The screens core does not know, handed in by the entry point (``tui/entry.py``, the ``empsync`` script).
+
+    core/ imports no screen: without them (``python -m core.cli``) the
+    headless service and every one-shot command work, and the console and
+    ``empsync web`` say where they are.
+    """
+
+    console: ConsoleRunner | None = None
+    web: WebRunner | None = None
+
+    def need_console(self) -> ConsoleRunner:
+        if self.console is None:
+            raise NoScreen("this entry point has no console", "run `empsync` for the console, or `empsync --no-ui`")
+        return self.console
+
+
+def cmd_web(args: argparse.Namespace, config: Config, faces: Faces) -> int:
     if not 1 <= args.port <= 65_535:
         raise ConfigError("--port", f"must be from 1 to 65,535 (got {args.port})")
-    try:
-        from tui.web import run_web
-    except ImportError:
-        raise EmpsyncError("empsync web needs textual-serve", "install it: pip install 'empsync[web]'") from None
-    return run_web(
+    if faces.web is None:
+        raise NoScreen("this entry point has no browser console", "run `empsync web`")
+    return faces.web(
         config,
         host=args.host,
         port=args.port,
@@ -547,22 +583,16 @@ def cmd_web(args: argparse.Namespace, config: Config) -> int:
     )
 
 
-def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+def cmd_demo(args: argparse.Namespace, faces: Faces) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, console=None if getattr(args, "no_ui", False) else faces.need_console())
 
 
 def cmd_service(args: argparse.Namespace, config: Config) -> int:
     from .headless import run_headless
 
     return run_headless(config, log_format=args.log_format, verbose=getattr(args, "verbose", False))
-
-
-def cmd_console(args: argparse.Namespace, config: Config) -> int:
-    from tui.app import run_console
-
-    return run_console(config, attach=args.attach)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
@@ -579,7 +609,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "rollback": cmd_rollback,
     "release": cmd_release,
     "notify": cmd_notify,
-    "web": cmd_web,
 }
 
 
@@ -592,7 +621,9 @@ def print_error(message: str, hint: str = "") -> None:
         print(f"  hint: {terminal_safe(hint)}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, faces: Faces | None = None) -> int:
+    """The command line; ``faces`` brings the console and the browser console (core knows neither)."""
+    faces = faces or Faces()
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -604,14 +635,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--attach opens the console; it takes neither --no-ui nor a command")
         if args.command == "demo":
             setup_logging(verbose)
-            return cmd_demo(args, None)
+            return cmd_demo(args, faces)
         config = load_config(args)
+        if args.command == "web":
+            setup_logging(verbose)
+            return cmd_web(args, config, faces)
         if args.command in COMMANDS:
             setup_logging(verbose)
             return COMMANDS[args.command](args, config)
         if args.no_ui:
             return cmd_service(args, config)
-        return cmd_console(args, config)
+        return faces.need_console()(config, attach=args.attach)
     except UsageError as exc:
         print_error(str(exc).removeprefix("empsync: "))
         return EXIT_USAGE
