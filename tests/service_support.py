@@ -214,7 +214,7 @@ def http(
     except urllib.error.HTTPError as exc:
         status, got, payload = exc.code, dict(exc.headers), exc.read()
     text = payload.decode()
-    if got.get("Content-Type", "").startswith("application/json"):
+    if got.get("Content-Type", "").startswith("application/json") and text:  # a HEAD's body is empty
         return status, got, json.loads(text)
     return status, got, text
 
