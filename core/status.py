@@ -8,30 +8,31 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, cast
 
+from .contracts import RunRow, Stats, Status
 from .engine import SyncEngine
 from .errors import EmpsyncError
 from .presence import live_leader
 from .rollups import DAYS, HOURS, rollup
-from .state import StateKey
+from .state import StateKey, StateValues
 from .times import iso, parse_iso, utcnow
 
 # A status call never waits long on Firestore just to refresh the count.
 COUNT_TIMEOUT_S = 5
 
 
-def _run_json(run: dict[str, Any] | None) -> dict[str, Any] | None:
+def _run_json(run: dict[str, Any] | None) -> RunRow | None:
     if run is None:
         return None
     out = dict(run)
     for k in ("started_at", "finished_at"):
         out[k] = iso(out[k])
     out.pop("host", None)
-    return out
+    return cast(RunRow, out)  # a row of empsync_runs (core/schema.py), its times as text
 
 
-def document_count(engine: SyncEngine, values: dict[str, str | None]) -> tuple[int | None, str | None]:
+def document_count(engine: SyncEngine, values: StateValues) -> tuple[int | None, str | None]:
     """The collection size, from a count() aggregation cached for cache_timeout seconds.
 
     The cache lives in empsync_state, so watching status from many shells costs
@@ -53,7 +54,7 @@ def document_count(engine: SyncEngine, values: dict[str, str | None]) -> tuple[i
     return n, iso(now)
 
 
-def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[str, Any]:
+def build_status(engine: SyncEngine, *, count_documents: bool = True) -> Status:
     config = engine.config
     engine.db.ensure_schema()
     values = engine.state.get_all()
@@ -104,7 +105,13 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
     }
 
 
-def _leader_heartbeat(values: dict[str, str | None]) -> dict[str, Any]:
+class LeaderHeartbeat(TypedDict):
+    leader_alive: bool | None
+    leader_seen_at: str | None
+    leader_state: str | None
+
+
+def _leader_heartbeat(values: StateValues) -> LeaderHeartbeat:
     """Whether the leader answers: when it last published its view, and what it was doing."""
     live = live_leader(values)
     if live is None:
@@ -120,7 +127,7 @@ def _json_value(text: str | None) -> Any:
         return None
 
 
-def build_stats(engine: SyncEngine, rollups: bool = True) -> dict[str, Any]:
+def build_stats(engine: SyncEngine, rollups: bool = True) -> Stats:
     """Totals and rates; with ``rollups``, hourly and daily figures too (a month of runs read)."""
     engine.db.ensure_schema()
     now = utcnow()
