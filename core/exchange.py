@@ -18,7 +18,7 @@ from .engine import RunResult
 from .errors import EmpsyncError
 from .events import EventBus, RequestUpdate
 from .requests import Request, Requests
-from .state import utcnow
+from .times import utcnow
 
 log = logging.getLogger("empsync.service")
 

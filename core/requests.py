@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from .db import Database
-from .state import utcnow
+from .times import utcnow
 
 QUEUED, CLAIMED, RUNNING, DONE, FAILED, EXPIRED = "queued", "claimed", "running", "done", "failed", "expired"
 FINAL = (DONE, FAILED, EXPIRED)

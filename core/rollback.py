@@ -28,15 +28,15 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
-from . import state as keys
 from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN
 from .db import insert_rows, upsert
 from .diff import Op
 from .errors import EmpsyncError
 from .events import BatchApplied, ChangeRecord, SyncFinished, SyncStarted
 from .mapping import content_hash, display
-from .state import iso, utcnow
+from .state import StateKey
 from .store import ID_CHUNK, row_json
+from .times import iso, utcnow
 
 log = logging.getLogger("empsync.rollback")
 
@@ -282,7 +282,7 @@ class Rollback:
                     held = [{"document_id": i, "run_id": result.run_id, "held_at": now} for i in plan.changed]
                     upsert(conn, self.t.holds, held, update=["run_id", "held_at"])
                 else:
-                    state.put(conn, {keys.PAUSED: "1"})
+                    state.put(conn, {StateKey.PAUSED: "1"})
                 state.record_progress(conn, result.run_id, counts.as_dict())
                 if lock is not None and not lock.still_held():
                     raise EmpsyncError("lost the sync lock (its database connection ended): nothing was rolled back")

@@ -14,7 +14,7 @@ import stat
 from sqlalchemy import text
 
 from core.db import make_engine
-from core.lock import make_lock
+from core.dialects import make_lock
 
 
 def mode(path) -> int:

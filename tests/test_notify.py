@@ -31,7 +31,7 @@ from core.metrics import Metrics
 from core.notify import OUTBOX_MAX, RATE_BURST, RATE_EVERY_S, REJECT_SETTLE_S, Conditions, Notifier, RateLimit
 from core.render import status_text
 from core.service import SyncService
-from core.state import utcnow
+from core.times import utcnow
 
 from .conftest import employee, run_cli, write_docs, write_toml
 from .notify_support import HttpReceiver, SmtpReceiver, closed_port

@@ -28,7 +28,8 @@ from core import requests as req
 from core.db import Database
 from core.engine import RunResult, SyncEngine
 from core.requests import Requests
-from core.state import utcnow
+from core.state import StateKey
+from core.times import utcnow
 
 LEADERS = ("ops-1:100", "ops-2:200")
 
@@ -221,7 +222,7 @@ class PlayedLeader:
 
     def beat(self) -> None:
         live = {"service": self.name, "at": utcnow().isoformat() + "Z", "snapshot": {"state": "idle"}}
-        self.state.set(leader=self.name, leader_live=json.dumps(live))
+        self.state.set({StateKey.LEADER: self.name, StateKey.LEADER_LIVE: json.dumps(live)})
 
     def claim(self) -> list[req.Request]:
         return self.board.claim(self.name)

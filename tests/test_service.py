@@ -23,7 +23,7 @@ from core.backoff import backoff_delay
 from core.errors import ConfigError
 from core.events import StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from core.service import SyncService
-from core.state import parse_iso, utcnow
+from core.times import parse_iso, utcnow
 
 from .conftest import employee, run_cli, started, write_docs, write_toml
 from .servers import MariaDB, PostgreSQL

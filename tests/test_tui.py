@@ -25,10 +25,10 @@ from sqlalchemy import create_engine
 from textual import events
 from textual.command import CommandList, CommandPalette
 
+from core.dialects import make_lock
 from core.events import BatchApplied, ChangeRecord
-from core.lock import make_lock
 from core.service import SyncService
-from core.state import utcnow
+from core.times import utcnow
 from tui import format as fmt
 from tui.app import EmpsyncApp
 from tui.messages import LogLine

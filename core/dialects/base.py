@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import String, Table
 from sqlalchemy.engine import URL, Connection, Engine
@@ -39,9 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 from ..errors import ConfigError, TargetError
-
-if TYPE_CHECKING:
-    from ..lock import SyncLock
+from ..lock import SyncLock
 
 # Firestore's limit, and so the widest id any target must keep exact.
 MAX_ID_BYTES = 1500
