@@ -11,5 +11,5 @@ def backoff_delay(failures: int, base: float = 5.0, cap: float = 300.0) -> float
     "Equal jitter": half the delay is fixed, half random, so a fleet that failed
     together does not retry together, yet no retry comes absurdly early.
     """
-    delay = min(cap, base * 2 ** max(0, failures - 1))
+    delay = min(cap, base * 2.0 ** max(0, failures - 1))
     return delay / 2 + random.uniform(0, delay / 2)

@@ -18,13 +18,16 @@ holds it to the emulator's own answers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .mapping import MISSING, lookup
+
+if TYPE_CHECKING:
+    from google.cloud.firestore_v1.base_query import FieldFilter
 
 OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not-in", "array-contains")
 RANGE_OPS = ("<", "<=", ">", ">=")
@@ -56,7 +59,7 @@ class Condition:
         """The operator as the Python client spells it (``array_contains``)."""
         return self.op.replace("array-contains", "array_contains")
 
-    def field_filter(self):
+    def field_filter(self) -> FieldFilter:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         return FieldFilter(self.field, self.server_op, self.server_value())
@@ -66,7 +69,7 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def load_conditions(raw: Any, field_path_problem) -> tuple[Condition, ...]:
+def load_conditions(raw: Any, field_path_problem: Callable[[str], str | None]) -> tuple[Condition, ...]:
     """``[[source.where]]`` from TOML; ``ConfigError`` naming ``source.where[N].key`` otherwise."""
     if raw is None:
         return ()
@@ -156,7 +159,7 @@ def _kind(value: Any) -> int:
     return _OTHER
 
 
-def _equal(a: Any, b: Any) -> bool:
+def _equal(a: object, b: object) -> bool:
     kind = _kind(a)
     if kind != _kind(b):
         return False
@@ -167,7 +170,7 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _other_equal(a: Any, b: Any) -> bool:
+def _other_equal(a: object, b: object) -> bool:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -186,13 +189,14 @@ def _compare(op: str, a: Any, b: Any) -> bool:
         return False
     if kind == _NUMBER and (_isnan(a) or _isnan(b)):
         return False
+    # Both of one kind (numbers, times, text, bytes), whose comparisons give a bool.
     if op == "<":
-        return a < b
+        return bool(a < b)
     if op == "<=":
-        return a <= b
+        return bool(a <= b)
     if op == ">":
-        return a > b
-    return a >= b
+        return bool(a > b)
+    return bool(a >= b)
 
 
 def meets(condition: Condition, data: Mapping[str, Any]) -> bool:

@@ -13,11 +13,14 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conditions import Condition, load_conditions
 from .errors import ConfigError
 from .mapping import FieldSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 # Validating patterns are used with fullmatch: ``$`` would also match before a final newline.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -285,7 +288,7 @@ def _check_type(cls: type, dotted: str, key: str, value: Any) -> Any:
 
 
 def _from_env(cls: type, var: str, key: str, text: str) -> Any:
-    expected = type({f.name: f for f in fields(cls)}[key].default)
+    expected: type = type({f.name: f for f in fields(cls)}[key].default)
     if expected is bool:
         word = text.strip().lower()
         if word in TRUE_WORDS | FALSE_WORDS:
@@ -490,7 +493,7 @@ def check_target_url(url: str) -> None:
         check_url_options(dialect.engine_url(parsed))
 
 
-def check_url_options(parsed) -> None:
+def check_url_options(parsed: URL) -> None:
     """Refuse URL options (``?connect_timeout=abc``, ``?foo=bar``) the driver would choke on at connect.
 
     The dialect turns the query into the driver's keyword arguments, as it will
@@ -503,13 +506,15 @@ def check_url_options(parsed) -> None:
     from sqlalchemy.exc import SAWarning
 
     dialect_class = parsed.get_dialect()
-    dialect = dialect_class(dbapi=dialect_class.import_dbapi())
+    dbapi = dialect_class.import_dbapi()
+    # Typed as the abstract Dialect, which takes no arguments; every dialect SQLAlchemy ships takes dbapi.
+    dialect = dialect_class(dbapi=dbapi)  # type: ignore[call-arg]
     driver = parsed.get_driver_name()
     hint = "remove it, or see the driver's documentation for its options"
     _, baseline = dialect.create_connect_args(parsed.set(query={}))
     try:
-        parameters = inspect.signature(dialect.dbapi.connect).parameters.values()
-        accepted = {p.name for p in parameters}
+        parameters = inspect.signature(dbapi.connect).parameters.values()
+        accepted: set[str] | None = {p.name for p in parameters}
         if any(p.kind is p.VAR_KEYWORD for p in parameters):
             accepted = None  # a driver that passes anything on (it checks for itself)
     except (TypeError, ValueError):  # a built-in without a signature (sqlite3): the dialect's word is all

@@ -113,7 +113,7 @@ def decide(
     return Decision(Op.UPDATE, changes)
 
 
-def same(old: Any, new: Any) -> bool:
+def same(old: object, new: object) -> bool:
     """Equality as the database sees it: bool and int are different types here."""
     if type(old) is bool or type(new) is bool:
         return type(old) is type(new) and old == new

@@ -37,7 +37,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def stop_group(process: subprocess.Popen, kill: bool = False, timeout: float = 10.0) -> None:
+def stop_group(process: subprocess.Popen[bytes], kill: bool = False, timeout: float = 10.0) -> None:
     """Stop a process started with start_new_session=True, and everything in its group."""
     try:
         os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
@@ -58,7 +58,8 @@ def stop_group(process: subprocess.Popen, kill: bool = False, timeout: float = 1
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _sdk_roots() -> list[Path]:
@@ -115,7 +116,7 @@ class Emulator:
         self.die_with_parent = die_with_parent
         self.port = port or free_port(host)
         self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -149,7 +150,8 @@ class Emulator:
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
-                return response.status == 200
+                status: int = response.status
+                return status == 200
         except OSError:
             return False
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -90,8 +90,11 @@ def _timestamp(pb: Any) -> Any:
     return DatetimeWithNanoseconds.from_timestamp_pb(pb)
 
 
-def decode_fields(fields: Any, client: Any) -> dict[str, Any]:
-    """A raw protobuf map of Values as Python values, as ``_helpers.decode_dict`` gives them."""
+def decode_fields(fields: Any, client: Any) -> Any:
+    """A raw protobuf map of Values as Python values, as ``_helpers.decode_dict`` gives them.
+
+    A dict, or the value a map of the client's special ``__`` keys stands for (a vector, a BSON value).
+    """
     if any(key.startswith("__") for key in fields):
         from google.cloud.firestore_v1 import _helpers
 
@@ -172,7 +175,7 @@ def grpc_channel(client: Any) -> Any:
     return client._firestore_api._transport.grpc_channel
 
 
-def quiet_stream_endings(log_end) -> None:
+def quiet_stream_endings(log_end: Callable[[Exception], None]) -> None:
     """A stream's end becomes ``log_end(error)`` instead of the traceback Python prints for it.
 
     The client ends a broken stream by re-raising its error on a thread of

@@ -39,7 +39,7 @@ class SyncLock:
     def __enter__(self) -> SyncLock:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

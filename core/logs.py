@@ -15,9 +15,13 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, TextIO
 
 from .safe import json_safe, terminal_safe
 from .times import from_timestamp, iso_precise
+
+if TYPE_CHECKING:
+    from .config import Config
 
 _secrets: set[str] = set()
 
@@ -166,7 +170,9 @@ def add_filters(handler: logging.Handler, detail: bool) -> None:
     handler.addFilter(ScrubFilter())
 
 
-def configure(level: int = logging.INFO, fmt: str = "text", stream=None, detail: bool = False) -> logging.Handler:
+def configure(
+    level: int = logging.INFO, fmt: str = "text", stream: TextIO | None = None, detail: bool = False
+) -> logging.Handler:
     """Send empsync's records to stderr; quiet the chatty libraries."""
     handler = logging.StreamHandler(stream or sys.stderr)
     add_filters(handler, detail)
@@ -182,7 +188,7 @@ def configure(level: int = logging.INFO, fmt: str = "text", stream=None, detail:
     return handler
 
 
-def secrets_of(config) -> None:
+def secrets_of(config: Config) -> None:
     """Register the secrets a configuration holds."""
     from sqlalchemy.engine import make_url
 

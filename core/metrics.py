@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -60,7 +62,7 @@ class Metrics:
             outcome = "sent" if event.ok else "dropped" if event.attempts == 0 else "failed"
             self.notifications.labels(event.receiver, outcome).inc()
 
-    def update(self, snapshot: dict) -> None:
+    def update(self, snapshot: Mapping[str, Any]) -> None:
         self.leader.set(1 if snapshot.get("is_leader") else 0)
         if snapshot.get("rows") is not None:
             self.rows.set(snapshot["rows"])

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .safe import json_safe, safe_values, terminal_safe
 from .times import iso
+
+if TYPE_CHECKING:
+    from .contracts import Stats, Status
+    from .engine import RunResult
 
 
 def emit_json(data: Any) -> None:
@@ -32,7 +36,7 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def sync_summary(result) -> str:
+def sync_summary(result: RunResult) -> str:
     c = result.counts
     if result.status == "skipped":
         return f"skipped: {safe_values(result.reason)}"
@@ -67,11 +71,11 @@ def _pairs(pairs: Iterable[tuple[str, Any]]) -> str:
     return "\n".join(f"{k:<{width}}  {'-' if v is None else v}" for k, v in pairs)
 
 
-def status_text(s: dict[str, Any]) -> str:
+def status_text(s: Status) -> str:
     s = safe_values(s)
     state = "disabled" if not s["enabled"] else "paused" if s["paused"] else (s.get("state") or "enabled")
     src = s["source"]
-    last = s.get("last_run") or {}
+    last = s.get("last_run")
     return _pairs(
         [
             ("state", state),
@@ -104,7 +108,7 @@ def status_text(s: dict[str, Any]) -> str:
     )
 
 
-def leader_text(s: dict[str, Any]) -> str | None:
+def leader_text(s: Status) -> str | None:
     """The leader, and whether it answers (its published view is its heartbeat)."""
     leader = s.get("leader")
     if not leader or s.get("leader_alive") is None:
@@ -116,7 +120,9 @@ def leader_text(s: dict[str, Any]) -> str | None:
 
 def notify_text(n: dict[str, Any] | None, which: str = "last") -> str | None:
     """What became of the last notification, or (``which="last_failure"``) of the last that failed."""
-    entry = n.get(which) if isinstance(n, dict) else None
+    if not isinstance(n, dict):
+        return None
+    entry = n.get(which)
     if not isinstance(entry, dict) or (which == "last_failure" and entry == n.get("last")):
         return None
     verdict = "sent" if entry.get("ok") else f"FAILED ({entry.get('detail')})"
@@ -137,7 +143,7 @@ def guard_text(guard: dict[str, Any] | None) -> str | None:
     )
 
 
-def stats_text(s: dict[str, Any]) -> str:
+def stats_text(s: Stats) -> str:
     s = safe_values(s)
     saved = (
         f" ({s['reads_saved_pct']}% saved against full reads: {s['naive_reads']})"

@@ -13,7 +13,10 @@ import random
 import threading
 from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
 
 log = logging.getLogger("empsync.demo")
 
@@ -110,7 +113,7 @@ def employee_id(number: int) -> str:
     return f"emp-{number:05d}"
 
 
-def seed(client, count: int, collection: str = "employees", rng_seed: int = 42) -> int:
+def seed(client: Client, count: int, collection: str = "employees", rng_seed: int = 42) -> int:
     """Write ``count`` sample employees in batches; returns how many were written."""
     from google.cloud import firestore
 
@@ -142,7 +145,7 @@ class MobileApp:
     """A thread that edits the collection the way the company's app would."""
 
     def __init__(
-        self, client, start_count: int, collection: str = "employees", pace_s: float = 1.0, rng_seed: int = 7
+        self, client: Client, start_count: int, collection: str = "employees", pace_s: float = 1.0, rng_seed: int = 7
     ) -> None:
         self.client = client
         self.col = client.collection(collection)
@@ -201,7 +204,7 @@ class MobileApp:
             doc.update({"status": "terminated", **stamp})
             return f"{employee_id(number)} left"
         department = rng.choice(list(DEPARTMENTS))
-        edits = [
+        edits: list[dict[str, Any]] = [
             {"salary": rng.randrange(40, 200) * 1000},
             {"phone": f"+1-555-{rng.randrange(0, 10_000):04d}"},
             {"status": rng.choice(["active", "on_leave"])},
@@ -210,6 +213,6 @@ class MobileApp:
             # A repair: a valid version clears an earlier reject.
             {**_employee(rng, number)},
         ]
-        edit = rng.choice(edits)
-        doc.update({**edit, **stamp})
-        return f"edited {employee_id(number)}: {', '.join(edit)}"
+        change = rng.choice(edits)
+        doc.update({**change, **stamp})
+        return f"edited {employee_id(number)}: {', '.join(change)}"

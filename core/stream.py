@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.frames import CloseCode
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -125,7 +126,7 @@ def _handshake(handler: Any) -> ServerProtocol | Refusal:
     except UnicodeEncodeError:
         return HTTPStatus.BAD_REQUEST, "the request head is not Latin-1", {}
     requests = protocol.events_received()
-    if not requests:
+    if not requests or not isinstance(requests[0], Request):  # a server's first event is the request
         return HTTPStatus.BAD_REQUEST, f"not a WebSocket handshake ({protocol.handshake_exc})", {}
     response = protocol.accept(requests[0])
     if response.status_code != 101:

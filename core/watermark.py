@@ -102,7 +102,8 @@ def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     if hasattr(moment, "rfc3339"):  # the client's DatetimeWithNanoseconds keeps its nanoseconds
-        return moment.rfc3339()
+        text: str = moment.rfc3339()
+        return text
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -113,7 +114,8 @@ def parse_rfc3339(text: Any) -> datetime:
         raise ValueError(f"not a timestamp: {text!r}")
     from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 
-    return DatetimeWithNanoseconds.from_rfc3339(text)
+    moment: datetime = DatetimeWithNanoseconds.from_rfc3339(text)
+    return moment
 
 
 def margin(config: Config, lag: timedelta) -> timedelta:

@@ -53,7 +53,7 @@ def make_lock(engine: Engine, table: str) -> SyncLock:
 
 def registered() -> list[Dialect]:
     """Every dialect, once each."""
-    return list({id(d): d for d in map(for_backend, MODULES)}.values())
+    return list({id(d): d for d in map(for_backend, MODULES) if d is not None}.values())
 
 
 def supported() -> str:

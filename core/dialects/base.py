@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import String, Table
@@ -65,11 +66,11 @@ class Dialect:
     install_hint: ClassVar[str] = ""
     limit_hint: ClassVar[str] = ""  # how to raise the statement size limit, after "carries N bytes"
 
-    id_type: ClassVar[TypeEngine] = String(MAX_ID_BYTES)
+    id_type: ClassVar[TypeEngine[Any]] = String(MAX_ID_BYTES)  # text, or bytes where ids compare as bytes
     # None: SQLAlchemy's own type does (DateTime keeps microseconds, Text, BigInteger).
-    timestamp_type: ClassVar[TypeEngine | None] = None
-    long_text_type: ClassVar[TypeEngine | None] = None
-    serial_id_type: ClassVar[TypeEngine | None] = None
+    timestamp_type: ClassVar[TypeEngine[datetime] | None] = None
+    long_text_type: ClassVar[TypeEngine[str] | None] = None
+    serial_id_type: ClassVar[TypeEngine[int] | None] = None
     table_options: ClassVar[Mapping[str, Any]] = {}
 
     # -- URLs and engines ------------------------------------------------------

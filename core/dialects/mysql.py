@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects.mysql.base import MySQLDialect
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import TargetError
 from ..lock import ConnectionLock, SyncLock
@@ -75,7 +77,7 @@ class MySQL(Dialect):
         )
 
         @event.listens_for(engine, "connect")
-        def _session(dbapi_conn, _record) -> None:
+        def _session(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:  # PyMySQL ships no types
             with dbapi_conn.cursor() as cursor:
                 cursor.execute(SESSION)
 
@@ -92,10 +94,11 @@ class MySQL(Dialect):
             return "INSERT INTO", ""
         if not update:
             return "INSERT IGNORE INTO", ""
-        quote = conn.dialect.identifier_preparer.quote
+        dialect = cast(MySQLDialect, conn.dialect)  # typed as any dialect; this one serves MySQL only
+        quote = dialect.identifier_preparer.quote
         # MySQL 8.0.20+ deprecates VALUES(col) for a row alias; MariaDB knows only VALUES(col).
-        version = conn.dialect.server_version_info or ()
-        if not conn.dialect.is_mariadb and version >= (8, 0, 20):
+        version = dialect.server_version_info or ()
+        if not dialect.is_mariadb and version >= (8, 0, 20):
             return "INSERT INTO", " AS new ON DUPLICATE KEY UPDATE " + ", ".join(
                 f"{quote(c)} = new.{quote(c)}" for c in update
             )
@@ -109,11 +112,12 @@ class MySQL(Dialect):
 
     def param_bytes(self, value: Any) -> int:
         kind = value.__class__
-        if kind is str:
-            n = len(value)
+        if kind is str:  # the class, not isinstance: this runs for every value bound
+            text: str = value
+            n = len(text)
             if n < 4096:
                 return 4 * n + 2  # quoted; at most 4 bytes a character, escapes included
-            return len(value.encode("utf-8", "surrogatepass")) + sum(map(value.count, _ESCAPED)) + 2
+            return len(text.encode("utf-8", "surrogatepass")) + sum(map(text.count, _ESCAPED)) + 2
         if kind is bytes:
             return 2 * len(value) + 10  # _binary'…', every byte escaped at worst
         return super().param_bytes(value)
@@ -123,7 +127,7 @@ class MySQL(Dialect):
         return MySQLLock(engine, name, {"n": name})
 
     def error_text(self, exc: DBAPIError) -> str:
-        args = getattr(exc.orig, "args", ())
+        args: tuple[Any, ...] = getattr(exc.orig, "args", ())
         return str(args[1]) if len(args) > 1 and isinstance(args[0], int) else super().error_text(exc)
 
     def describe_error(self, exc: DBAPIError, where: str, text: str) -> TargetError | None:

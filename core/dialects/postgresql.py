@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import ConfigError, TargetError
 from ..lock import ConnectionLock, SyncLock
@@ -89,7 +90,7 @@ class PostgreSQL(Dialect):
         )
 
         @event.listens_for(engine, "connect")
-        def _session(dbapi_conn, _record) -> None:
+        def _session(dbapi_conn: psycopg.Connection[Any], _record: ConnectionPoolEntry) -> None:
             dbapi_conn.server_cursor_factory = psycopg.RawServerCursor  # streamed reads take $1 too
             dbapi_conn.execute(SESSION)
             dbapi_conn.commit()

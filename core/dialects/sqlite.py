@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import cast
 
 from sqlalchemy import Integer, create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import TargetError
 from ..lock import SyncLock, file_lock
@@ -28,12 +30,12 @@ class SQLite(Dialect):
 
     def create_engine(self, url: URL) -> Engine:
         in_memory = url.database in (None, "", ":memory:")
-        if not in_memory and not url.query.get("uri"):
+        if url.database and not in_memory and not url.query.get("uri"):
             _create_private(url.database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _session(dbapi_conn, _record) -> None:
+        def _session(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_conn.cursor()
             if not in_memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
@@ -44,7 +46,8 @@ class SQLite(Dialect):
 
     def read_limits(self, conn: Connection) -> Limits:
         # The build's own placeholder limit (32,766 since 3.32, 999 before); values are bound, not in the text.
-        raw = conn.connection.dbapi_connection
+        # SQLAlchemy types the driver's connection as the generic DB-API; pysqlite's is sqlite3's own.
+        raw = cast(sqlite3.Connection, conn.connection.dbapi_connection)
         params = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         return Limits(params=params, bytes=min(DEFAULT_STATEMENT_BYTES, raw.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)))
 
