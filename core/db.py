@@ -8,7 +8,7 @@ dialect in ``core.dialects``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from operator import itemgetter
 from typing import Any
 
@@ -92,7 +92,7 @@ def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]],
     flush()
 
 
-def _too_large(table: Table, columns: list[str], values: Sequence[Any], size: int, room: int, ours: Dialect):
+def _too_large(table: Table, columns: list[str], values: Sequence[Any], size: int, room: int, ours: Dialect) -> TargetError:
     """A row that no statement can carry: the store turns mirror rows like this into rejects first."""
     widest = max(range(len(columns)), key=lambda i: ours.param_bytes(values[i]))
     return TargetError(
@@ -147,7 +147,7 @@ class Database:
         with self._translated(), self.engine.connect() as conn:
             yield conn
 
-    def _translated(self):
+    def _translated(self) -> AbstractContextManager[None]:
         return translate_errors(self.url_masked, self.dialect, self._secret)
 
     def dispose(self) -> None:

@@ -25,11 +25,13 @@ from .db import Database
 from .dialects import make_lock
 from .diff import Decision, Op, decide
 from .errors import Cancelled, EmpsyncError, LockHeld, TargetError
-from .events import BatchApplied, ChangeRecord, EventBus, RunCounts, RunReport, SyncFailed, SyncFinished, SyncStarted
+from .events import BatchApplied, ChangeRecord, EventBus, SyncFailed, SyncFinished, SyncStarted
 from .lock import SyncLock
 from .mapping import RejectError, content_hash, map_document
+from .results import Counts as Counts  # re-exported: callers know them from here
+from .results import RunResult as RunResult
 from .source import FirestoreSource, SourceDoc
-from .state import State, StateKey
+from .state import State, StateKey, StateValue
 from .store import MirrorStore, Planned, Rejected
 from .times import iso, iso_precise, naive_utc, parse_iso, utcnow
 from .watermark import CorruptState, Watermark, margin, scope_of, stored_lag
@@ -44,110 +46,6 @@ LOG_REPAIRS_PER_RUN = 20
 
 class MassDeleteBlocked(EmpsyncError):
     """The mass-delete guard held back a run's deletions."""
-
-
-@dataclass
-class Counts:
-    fetched: int = 0
-    inserted: int = 0
-    updated: int = 0  # restored rows count here too
-    restored: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    stale: int = 0
-    repaired: int = 0  # rows found changed behind empsync's back and put right (force runs)
-    rejected: int = 0
-    firestore_reads: int = 0
-    naive_reads: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-    @property
-    def written(self) -> int:
-        return self.inserted + self.updated + self.deleted
-
-
-@dataclass
-class RunResult:
-    status: str  # ok | skipped | failed
-    reason: str = ""
-    hint: str = ""
-    forced: bool = False
-    dry_run: bool = False
-    kind: str = "normal"
-    trigger: str = "cli"
-    counts: Counts = field(default_factory=Counts)
-    duration_ms: int = 0
-    run_id: int | None = None
-    started_at: datetime | None = None
-    would_change: list[dict[str, Any]] = field(default_factory=list)
-    exit_code: int = 0
-    # Whether a failure is worth retrying soon: a tripped mass-delete guard would trip again.
-    retry: bool = True
-    # Read only what changed since the watermark (False: a full read, which also finds deletions).
-    incremental: bool = False
-    # A rollback's runs, newest first.
-    rolled_back: list[int] = field(default_factory=list)
-
-    def report(self) -> RunReport:
-        """This result frozen, for events: it no longer changes when the run's bookkeeping goes on."""
-        return RunReport(
-            status=self.status,
-            kind=self.kind,
-            trigger=self.trigger,
-            counts=RunCounts(**self.counts.as_dict()),
-            duration_ms=self.duration_ms,
-            run_id=self.run_id,
-            started_at=self.started_at,
-            forced=self.forced,
-            dry_run=self.dry_run,
-            incremental=self.incremental,
-            reason=self.reason,
-            hint=self.hint,
-            exit_code=self.exit_code,
-            rolled_back=tuple(self.rolled_back),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "status": self.status,
-            "reason": self.reason or None,
-            "hint": self.hint or None,
-            "forced": self.forced,
-            "dry_run": self.dry_run,
-            **self.counts.as_dict(),
-            "duration_ms": self.duration_ms,
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "started_at": iso(self.started_at),
-        }
-        if self.dry_run:
-            out["changes"] = self.would_change
-        if self.kind == "rollback":
-            out["rolled_back"] = self.rolled_back
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], *, trigger: str = "", exit_code: int = 0) -> RunResult:
-        """A result another process recorded with ``to_json`` (a run the leader made on request)."""
-        counts = Counts(**{k: int(data.get(k) or 0) for k in Counts().as_dict()})
-        return cls(
-            status=str(data.get("status") or "failed"),
-            reason=data.get("reason") or "",
-            hint=data.get("hint") or "",
-            forced=bool(data.get("forced")),
-            dry_run=bool(data.get("dry_run")),
-            kind=str(data.get("kind") or "normal"),
-            trigger=trigger,
-            counts=counts,
-            duration_ms=int(data.get("duration_ms") or 0),
-            run_id=data.get("run_id"),
-            started_at=parse_iso(data.get("started_at")),
-            would_change=list(data.get("changes") or []),
-            exit_code=exit_code,
-            rolled_back=[int(r) for r in data.get("rolled_back") or []],
-        )
 
 
 @dataclass
@@ -177,6 +75,13 @@ class _Run:
     lag_measured: bool = False
     read_since: datetime | None = None
     repairs_logged: int = 0
+
+    @property
+    def row_id(self) -> int:
+        """The run's row in the runs table: every run has one but a dry run, which writes nothing."""
+        if self.run_id is None:
+            raise RuntimeError(f"a dry {self.kind} run has no row to write to")
+        return self.run_id
 
 
 class SyncEngine:
@@ -496,10 +401,10 @@ class SyncEngine:
         run.counts.naive_reads = sizes["rows"] + sizes["unmirrored_rejects"]
         duration_ms = int((utcnow() - run.now).total_seconds() * 1000)
         status = "failed" if blocked else "ok"
-        self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else "")
+        self.state.finish_run(run.row_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else "")
         if schedule:
             # A blocked run still counts as the attempt: the schedule must not start another full read at once.
-            stamp: dict[str, Any] = {StateKey.LAST_SYNC_AT: iso(run.now), StateKey.LAST_STATUS: status}
+            stamp: dict[StateKey, StateValue] = {StateKey.LAST_SYNC_AT: iso(run.now), StateKey.LAST_STATUS: status}
             stamp[StateKey.LAST_ERROR] = blocked.message[:500] if blocked else None
             if result.forced:
                 stamp[StateKey.LAST_FORCE_SYNC_AT] = iso(run.now)
@@ -590,7 +495,7 @@ class SyncEngine:
                 self._measure_lag(run, valid, plans)
             if watermark is None and run.incremental and docs:
                 watermark = self._cursor_after(docs[-1], run)
-            checkpoint: dict[str, Any] = {}
+            checkpoint: dict[StateKey, StateValue] = {}
             if watermark is not None:
                 checkpoint[StateKey.WATERMARK] = watermark.dumps(scope_of(self.config))
             if run.lag_measured:
@@ -598,7 +503,7 @@ class SyncEngine:
                 run.lag_measured = False
             if checkpoint:
                 self.state.put(conn, checkpoint)
-            self.state.record_progress(conn, run.run_id, run.counts.as_dict())
+            self.state.record_progress(conn, run.row_id, run.counts.as_dict())
             _check_lock(run)
         mode = self.config.target.delete_mode
         if removable and mode != "keep":  # listen mode: removals arrive with the stream, logged as a force run's
@@ -759,7 +664,7 @@ class SyncEngine:
         with self.db.begin() as conn:
             if stale_rejects:
                 self.mirror.clear_rejects(conn, stale_rejects)
-            checkpoint: dict[str, Any] = {}
+            checkpoint: dict[StateKey, StateValue] = {}
             if run.first_read_time is not None:
                 # Every change after the read began has a later timestamp: resume there.
                 start = run.first_read_time
@@ -823,7 +728,7 @@ class SyncEngine:
             with self.db.begin() as conn:
                 audit = self.mirror.remove(conn, chunk, mode, run.run_id, run.now)
                 run.counts.deleted += len(chunk)
-                self.state.record_progress(conn, run.run_id, run.counts.as_dict())
+                self.state.record_progress(conn, run.row_id, run.counts.as_dict())
                 _check_lock(run)
             for doc_id in chunk[:LOG_CHANGES_PER_BATCH]:
                 log.info("Employee deleted: %s (%s)", doc_id, "soft delete" if mode == "soft" else "row removed")
@@ -916,8 +821,8 @@ class SyncEngine:
     def close_live(self, run: _Run, status: str = "ok", message: str = "", stream_reads: int = 0) -> None:
         run.counts.firestore_reads += stream_reads  # e.g. an empty snapshot after the last batch
         try:
-            duration = int((utcnow() - run.started).total_seconds() * 1000)
-            self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration, message)
+            duration = int((utcnow() - (run.started or run.now)).total_seconds() * 1000)  # open_live sets started
+            self.state.finish_run(run.row_id, status, run.counts.as_dict(), duration, message)
         except EmpsyncError:
             pass  # the next leader marks it interrupted
 
@@ -1023,15 +928,12 @@ def _batches(pages: Iterable[list[SourceDoc]], size: int) -> Iterator[list[Sourc
         yield pending
 
 
-_DONE = object()
-
-
 def _prefetch(pages: Iterator[list[SourceDoc]], stop: threading.Event, depth: int = 2) -> Iterator[list[SourceDoc]]:
     """Read pages on a helper thread, at most ``depth`` ahead of the consumer."""
-    handoff: queue.Queue = queue.Queue(depth)
+    handoff: queue.Queue[list[SourceDoc] | BaseException | None] = queue.Queue(depth)  # None: the last page was read
     halt = threading.Event()
 
-    def put(item: object) -> bool:
+    def put(item: list[SourceDoc] | BaseException | None) -> bool:
         while not halt.is_set():
             try:
                 handoff.put(item, timeout=0.2)
@@ -1048,7 +950,7 @@ def _prefetch(pages: Iterator[list[SourceDoc]], stop: threading.Event, depth: in
                     return
                 if not put(page):
                     return
-            put(_DONE)
+            put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put(exc)
 
@@ -1065,7 +967,7 @@ def _prefetch(pages: Iterator[list[SourceDoc]], stop: threading.Event, depth: in
                         "stopped before the run ended", "the next run carries on from the last batch"
                     ) from None
                 continue
-            if item is _DONE:
+            if item is None:
                 return
             if isinstance(item, BaseException):
                 raise item

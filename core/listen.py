@@ -47,10 +47,17 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from .firestore_compat import grpc_channel, no_reopen, quiet_stream_endings, unordered
 from .source import FirestoreSource, SourceDoc, to_doc
 from .watermark import Watermark, margin
+
+if TYPE_CHECKING:
+    import grpc
+    from google.cloud.firestore_v1.base_document import DocumentSnapshot
+    from google.cloud.firestore_v1.query import Query
+    from google.cloud.firestore_v1.watch import DocumentChange
 
 log = logging.getLogger("empsync.listen")
 
@@ -149,7 +156,7 @@ class Listener:
         with self.source.translate(), no_reopen():
             self._watch = unordered(query).on_snapshot(functools.partial(self._on_snapshot, self._generation))
 
-    def query(self, since: Watermark | None):
+    def query(self, since: Watermark | None) -> Query:
         """What the stream watches: the mapped fields of the documents changed since ``since``.
 
         No ``order_by``: the client sorts each snapshot's additions with the
@@ -193,7 +200,7 @@ class Listener:
             return
         self._channel = channel
 
-    def _on_channel(self, state) -> None:  # on a gRPC thread
+    def _on_channel(self, state: grpc.ChannelConnectivity) -> None:  # on a gRPC thread
         import grpc
 
         if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
@@ -227,7 +234,9 @@ class Listener:
 
     # -- the client's callback thread ------------------------------------------
 
-    def _on_snapshot(self, generation: int, _docs, changes, read_time) -> None:
+    def _on_snapshot(
+        self, generation: int, _docs: list[DocumentSnapshot[Any]], changes: list[DocumentChange], read_time: datetime
+    ) -> None:
         if generation != self._generation:
             return  # a closed subscription's last callback, still running on its thread
         items = []

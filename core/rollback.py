@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
-from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN
-from .db import insert_rows, upsert
+from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN, Config
+from .db import Database, insert_rows, upsert
 from .diff import Op
 from .errors import EmpsyncError
-from .events import BatchApplied, ChangeRecord, SyncFinished, SyncStarted
+from .events import BatchApplied, ChangeRecord, EventBus, SyncFinished, SyncStarted
+from .lock import SyncLock
 from .mapping import content_hash, display
-from .state import StateKey
-from .store import ID_CHUNK, row_json
+from .results import Counts, RunResult
+from .state import State, StateKey
+from .store import ID_CHUNK, MirrorStore, row_json
 from .times import iso, utcnow
 
 log = logging.getLogger("empsync.rollback")
@@ -121,10 +123,20 @@ def _operation(now: Row, wanted: Row) -> str:
     return "update"
 
 
+class RollbackEngine(Protocol):
+    """What a rollback uses of the engine (``core.engine.SyncEngine``, a layer above this one)."""
+
+    config: Config
+    db: Database
+    state: State
+    mirror: MirrorStore
+    bus: EventBus
+
+
 class Rollback:
     """Plans and applies rollbacks for one engine (its config, database and event bus)."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine: RollbackEngine) -> None:
         self.engine = engine
         self.config = engine.config
         self.t = engine.db.tables
@@ -260,7 +272,7 @@ class Rollback:
 
     # -- applying -------------------------------------------------------------------------------
 
-    def apply(self, result, plan: Plan, *, hold: bool, lock) -> None:
+    def apply(self, result: RunResult, plan: Plan, *, hold: bool, lock: SyncLock | None) -> None:
         """Write ``plan`` in one transaction as the rollback run ``result`` (its counts are filled in)."""
         engine = self.engine
         state = engine.state
@@ -299,7 +311,9 @@ class Rollback:
         log.warning("Rolled back %s: %d rows put back; %s", done, len(plan.changed), after)
         engine.bus.emit(SyncFinished(utcnow(), result.report()))
 
-    def _write(self, conn: Connection, doc_id: str, now: Row, wanted: Row, run_id: int, at: datetime, counts) -> list:
+    def _write(
+        self, conn: Connection, doc_id: str, now: Row, wanted: Row, run_id: int, at: datetime, counts: Counts
+    ) -> list[dict[str, Any]]:
         m = self.t.mirror
         key = m.c[self.config.target.id_column]
         audit = engine_audit(run_id, at, doc_id)
@@ -341,8 +355,10 @@ class Rollback:
         return entries
 
 
-def engine_audit(run_id: int, at: datetime, doc_id: str):
-    def entry(op, column, old, new) -> dict[str, Any]:
+def engine_audit(
+    run_id: int, at: datetime, doc_id: str
+) -> Callable[[Op, str | None, str | None, str | None], dict[str, Any]]:
+    def entry(op: Op, column: str | None, old: str | None, new: str | None) -> dict[str, Any]:
         return {
             "run_id": run_id,
             "changed_at": at,
@@ -360,7 +376,7 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def release(engine, ids: list[str] | None) -> int:
+def release(engine: RollbackEngine, ids: list[str] | None) -> int:
     """Let held documents sync again (``None``: all of them); returns how many were held."""
     holds = engine.db.tables.holds
     with engine.db.begin() as conn:

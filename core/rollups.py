@@ -15,7 +15,7 @@ percentiles.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ HOURS = 48  # hourly buckets kept in stats
 DAYS = 30  # daily buckets
 
 
-def percentile(values: list[float], share: float) -> float | None:
+def percentile(values: Sequence[float], share: float) -> float | None:
     """The nearest-rank percentile (``share`` 0.5 for the median); None for no values."""
     if not values:
         return None

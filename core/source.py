@@ -16,13 +16,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conditions import INEQUALITY_OPS
 from .config import Config
 from .errors import SourceError
 from .firestore_compat import stream_documents
 from .watermark import Watermark
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+    from google.cloud.firestore_v1.base_document import DocumentSnapshot
+    from google.cloud.firestore_v1.query import Query
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def _emulator_env(host: str) -> Iterator[None]:
                 os.environ["FIRESTORE_EMULATOR_HOST"] = before
 
 
-def make_client(config: Config):
+def make_client(config: Config) -> Client:
     """A Firestore client for [source]; the emulator when emulator_host is set."""
     from google.auth import exceptions as auth_exc
     from google.cloud import firestore
@@ -109,7 +114,7 @@ def make_client(config: Config):
 
 
 class FirestoreSource:
-    def __init__(self, config: Config, client=None, meter: ReadMeter | None = None) -> None:
+    def __init__(self, config: Config, client: Client | None = None, meter: ReadMeter | None = None) -> None:
         from google.api_core.retry import Retry
         from google.cloud.firestore_v1.field_path import FieldPath
 
@@ -141,24 +146,24 @@ class FirestoreSource:
 
     # -- queries ---------------------------------------------------------------
 
-    def base_query(self):
+    def base_query(self) -> Query:
         return self.collection.select(self.field_paths)
 
-    def filtered_query(self):
+    def filtered_query(self) -> Query:
         """The mapped fields of the documents that meet ``[[source.where]]``: the others are never billed."""
         query = self.base_query()
         for condition in self.conditions:
             query = query.where(filter=condition.field_filter())
         return query
 
-    def all_query(self):
+    def all_query(self) -> Query:
         if any(c.op in INEQUALITY_OPS for c in self.conditions):
             # Firestore orders by the inequality fields first: left implicit, so the query
             # needs no index beyond the ones it needs anyway, and a resumed stream follows it.
             return self.filtered_query()
         return self.filtered_query().order_by("__name__")
 
-    def changed_query(self, since: Watermark | None):
+    def changed_query(self, since: Watermark | None) -> Query:
         """The documents changed since ``since``, whatever the conditions: one that stopped meeting
         them must be read, or it would never leave the table (``engine`` tests each one)."""
         from google.cloud.firestore_v1.base_query import FieldFilter
@@ -178,7 +183,7 @@ class FirestoreSource:
 
     # -- reading ---------------------------------------------------------------
 
-    def read(self, query) -> Iterator[list[SourceDoc]]:
+    def read(self, query: Query) -> Iterator[list[SourceDoc]]:
         """The query's documents from one stream, handed on ``page_size`` at a time.
 
         One RunQuery stream, not cursor pages: the emulator scans from the
@@ -261,7 +266,7 @@ def source_label(config: Config) -> str:
     return f"{place} (project {s.project}, collection {s.collection})"
 
 
-def to_doc(snapshot) -> SourceDoc:
+def to_doc(snapshot: DocumentSnapshot[Any]) -> SourceDoc:  # of a sync or async reference
     """A snapshot (of a get or a listener) as a SourceDoc; query streams are read raw instead."""
     data = (snapshot.to_dict() or {}) if snapshot.exists else {}
     return SourceDoc(

@@ -7,6 +7,7 @@ truth without talking to the process that is syncing.
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 from collections.abc import Iterable, Mapping
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import Column, Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .config import DELETED_AT_COLUMN, check_interval
@@ -147,7 +148,9 @@ class State:
                     **{c: 0 for c in RUN_COUNTERS},
                 )
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None  # an insert of one row reports its key
+            return int(key[0])
 
     def record_progress(self, conn: Connection, run_id: int, counts: Mapping[str, int]) -> None:
         values = {k: v for k, v in counts.items() if k in RUN_COUNTERS}
@@ -251,10 +254,10 @@ class State:
         # The counters of a run still going (a listen session) are committed work: they count.
         finished = func.coalesce(func.sum(case((runs.c.status != "running", 1), else_=0)), 0).label("runs")
         row = conn.execute(select(finished, *sums)).mappings().one()
-        by_status = dict(conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all())
-        return {**{k: int(v) for k, v in row.items()}, "by_status": {k: int(v) for k, v in by_status.items()}}
+        by_status = {k: int(v) for k, v in conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))}
+        return {**{k: int(v) for k, v in row.items()}, "by_status": by_status}
 
-    def _changes_query(self):
+    def _changes_query(self) -> tuple[Select[Any], Column[Any] | None]:
         """Audit rows, with the employee's name when a name column is mapped."""
         ch, m = self.t.changes, self.t.mirror
         name_column = self.db.config.name_column
@@ -319,7 +322,7 @@ class State:
             rows = conn.execute(select(r).order_by(r.c.rejected_at.desc()).limit(limit)).mappings().all()
             return [dict(row) for row in rows]
 
-    def reject_ids(self, conn: Connection) -> set[str]:
+    def reject_ids(self, conn: Connection) -> builtins.set[str]:  # State.set is a method
         return set(conn.execute(select(self.t.rejects.c.document_id)).scalars())
 
     def runs_between(self, conn: Connection, since: datetime) -> Iterable[dict[str, Any]]:

@@ -189,7 +189,9 @@ class MirrorStore:
         return audit
 
     @staticmethod
-    def _audit(run_id, now, doc_id, op: Op | str, field, old, new) -> dict[str, Any]:
+    def _audit(
+        run_id: int | None, now: datetime, doc_id: str, op: Op | str, field: str | None, old: object, new: object
+    ) -> dict[str, Any]:
         return {
             "run_id": run_id,
             "changed_at": now,
