@@ -92,7 +92,9 @@ def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]],
     flush()
 
 
-def _too_large(table: Table, columns: list[str], values: Sequence[Any], size: int, room: int, ours: Dialect) -> TargetError:
+def _too_large(
+    table: Table, columns: list[str], values: Sequence[Any], size: int, room: int, ours: Dialect
+) -> TargetError:
     """A row that no statement can carry: the store turns mirror rows like this into rejects first."""
     widest = max(range(len(columns)), key=lambda i: ours.param_bytes(values[i]))
     return TargetError(

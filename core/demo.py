@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import config as cfg
 from .emulator import Emulator
+from .errors import ConfigError
 from .simulator import MobileApp, seed
 from .source import make_client
 
@@ -109,9 +111,9 @@ def demo_environment(
 def run_demo(args: argparse.Namespace, console: Callable[[cfg.Config], int] | None = None) -> int:
     """``empsync demo``: the environment above, then the ``console`` (without one, the headless service)."""
     if args.employees < 1:
-        raise cfg.ConfigError("--employees", "must be at least 1")
+        raise ConfigError("--employees", "must be at least 1")
     if not 0 < args.pace < 86_400:  # NaN fails this too
-        raise cfg.ConfigError("--pace", "must be a number of seconds above 0 and below 86,400")
+        raise ConfigError("--pace", "must be a number of seconds above 0 and below 86,400")
     if args.seed_only:
         return seed_only(args)
     # Until the service's own handlers take over: a stop while the emulator starts or seeds cleans up too.
@@ -147,12 +149,12 @@ def seed_only(args: argparse.Namespace) -> int:
     seed(client, args.employees)
     client.close()
     print(f"seeded {args.employees} employees into {host} (project {PROJECT})")
-    if emulator is not None:
+    if emulator is not None and emulator.process is not None:
         pid = emulator.process.pid
         print(f"the emulator keeps running (pid {pid}); stop it with: kill {pid}")
     print(f'point a sync.toml at it: [source] project = "{PROJECT}", emulator_host = "{host}"')
     return 0
 
 
-def _raise_interrupt(signum: int, _frame) -> None:
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt

@@ -11,8 +11,10 @@ import logging
 import signal
 import threading
 import time
+from types import FrameType
 
 from .config import Config
+from .contracts import Snapshot
 from .events import Event, StatusChanged, SyncFailed
 from .logs import configure
 from .service import SyncService
@@ -31,7 +33,7 @@ def log_event(event: Event) -> None:
         log.info("Hint: %s", event.hint)
 
 
-def log_listen_health(snapshot: dict) -> None:
+def log_listen_health(snapshot: Snapshot) -> None:
     lag = snapshot.get("lag_ms")
     log.info(
         "Listener %s: lag %s, backlog %s, %s reconnects",
@@ -58,7 +60,7 @@ def run_headless(config: Config, log_format: str = "text", verbose: bool = False
 
     stopping = threading.Event()
 
-    def on_signal(signum: int, _frame) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("Received %s: stopping", signal.Signals(signum).name)
         stopping.set()
 

@@ -21,7 +21,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from .backoff import backoff_delay
 from .engine import SyncEngine, newest_per_id
@@ -30,6 +31,9 @@ from .listen import Listener, LiveItem
 from .state import StateKey
 from .times import naive_utc, utcnow
 from .watermark import Watermark, scope_of, stored_lag
+
+if TYPE_CHECKING:
+    from .engine import _Run
 
 log = logging.getLogger("empsync.listen")
 
@@ -63,7 +67,7 @@ class LiveMirror:
         self.reconnects = 0
         self.lag_ms: int | None = None
         self.last_applied_at: str | None = None
-        self._run = None
+        self._run: _Run | None = None  # the listen session's run row, open while subscribed
         self.lags = LagSamples(engine)
         self._started = False
         self._failures = 0
@@ -171,11 +175,13 @@ class LiveMirror:
         if markers and self.listener.keeps_watermark:
             watermark = Watermark(max(markers) - self.listener.margin, read_at=max(markers))
         docs = newest_per_id([i.doc for i in items])
+        run = self._run
+        assert run is not None, "items come from a subscription, and subscribing opens the run"
         try:
-            self.engine.apply_live(self._run, docs, watermark, self.listener.take_reads(), lag=self.listener.max_lag)
+            self.engine.apply_live(run, docs, watermark, self.listener.take_reads(), lag=self.listener.max_lag)
             self.listener.removals_committed([d.id for d in docs if not d.exists])
             if any(i.completes_collection for i in items):
-                self.engine.reconcile_live(self._run, self.listener.present())
+                self.engine.reconcile_live(run, self.listener.present())
         except EmpsyncError as exc:
             # Nothing of the batch committed and the watermark did not move: the
             # re-subscription delivers its changes again, and its deletions wait in
@@ -188,7 +194,7 @@ class LiveMirror:
         written = [naive_utc(d.update_time) for d in docs if d.exists and d.update_time is not None]
         if written:
             self.lag_ms = max(0, int((now - max(written)).total_seconds() * 1000))
-            self.lags.add(self._run, now, [max(0, int((now - t).total_seconds() * 1000)) for t in written])
+            self.lags.add(run, now, [max(0, int((now - t).total_seconds() * 1000)) for t in written])
         self.last_applied_at = now.isoformat(timespec="milliseconds") + "Z"
 
     def _failed(self, why: str) -> None:
@@ -218,14 +224,14 @@ class LagSamples:
 
     def __init__(self, engine: SyncEngine) -> None:
         self.engine = engine
-        self.hour = None
+        self.hour: datetime | None = None
         self.run_id: int | None = None
         self.samples: list[int] = []
         self.seen = 0
         self._flushed = time.monotonic()
         self._random = random.Random()
 
-    def add(self, run, now, lags: list[int]) -> None:
+    def add(self, run: _Run, now: datetime, lags: list[int]) -> None:
         hour = now.replace(minute=0, second=0, microsecond=0)
         if (hour, run.run_id) != (self.hour, self.run_id):
             self.flush()
@@ -241,7 +247,7 @@ class LagSamples:
 
     def flush(self) -> None:
         self._flushed = time.monotonic()
-        if not self.samples or self.run_id is None:
+        if not self.samples or self.hour is None or self.run_id is None:
             return
         try:
             self.engine.state.record_lag(self.hour, self.run_id, self.samples)

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .backoff import backoff_delay
@@ -179,7 +179,7 @@ class Conditions:
 
     # -- the passing of time ----------------------------------------------------
 
-    def check(self, snap: dict[str, Any], now: float) -> list[Notice]:
+    def check(self, snap: Mapping[str, Any], now: float) -> list[Notice]:
         self._now = now
         out: list[Notice] = []
         leader = bool(snap.get("is_leader"))
@@ -206,8 +206,7 @@ class Conditions:
             elif not down:
                 out += self._clear("listener", "the listener is listening again")
             lag_ms = snap.get("lag_ms")
-            behind = not down and isinstance(lag_ms, int) and lag_ms > wait * 1000
-            if behind:
+            if not down and isinstance(lag_ms, int) and lag_ms > wait * 1000:
                 out += self._fire_now(
                     "lag",
                     WARNING,
@@ -377,7 +376,7 @@ class Notifier:
         config: Config,
         *,
         identity: str = "",
-        snapshot: Callable[[], dict[str, Any]] = dict,
+        snapshot: Callable[[], Mapping[str, Any]] = dict,
         record: Callable[[dict[str, Any]], None] | None = None,
         emit: Callable[[Event], None] | None = None,
         receivers: list[Receiver] | None = None,

@@ -128,10 +128,11 @@ def _follow(
         if request.is_final:
             return request
         live = live_leader(engine.state.get_all())
+        if live is not None and not live.fresh():
+            live = None  # its heartbeat is stale: no leader answers
         now = time.monotonic()
-        alive = live is not None and live.fresh()
         if request.status == req.QUEUED:
-            if alive:
+            if live is not None:
                 if not wait:
                     return request
                 claim_deadline = max(claim_deadline, now + CLAIM_WAIT_S)
@@ -144,7 +145,7 @@ def _follow(
                 continue  # taken at the last moment
         else:
             claim_deadline = now + CLAIM_WAIT_S  # should it come back to the queue (its leader stopping)
-            if alive and live.service == request.claimed_by:
+            if live is not None and live.service == request.claimed_by:
                 claimer_seen = now
                 if request.status not in said:
                     said.add(request.status)

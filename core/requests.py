@@ -108,7 +108,9 @@ class Requests:
                     payload=json.dumps(payload or {}),
                 )
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None  # an insert of one row reports its key
+            return int(key[0])
 
     def get(self, request_id: int) -> Request | None:
         return self.get_many([request_id]).get(request_id)
