@@ -36,9 +36,10 @@ import socket
 import threading
 import time
 from collections import deque
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import urlsplit
 
 from .config import INTERVAL_MAX, INTERVAL_MIN, ApiConfig, check_document_ids
@@ -118,6 +119,10 @@ def _check_secret(key: str, secret: str) -> None:
         raise ConfigError(key, "holds spaces, control or non-ASCII characters, which no client can send", hint)
 
 
+@overload
+def _interval(body: dict[str, Any], required: Literal[True]) -> int: ...
+@overload
+def _interval(body: dict[str, Any], required: Literal[False]) -> int | None: ...
 def _interval(body: dict[str, Any], required: bool) -> int | None:
     if "interval" not in body:
         if required:
@@ -210,7 +215,7 @@ class ControlApi:
 
     # -- what the head alone decides (before any body is read) ---------------------------------
 
-    def admit(self, method: str, path: str, headers) -> str:
+    def admit(self, method: str, path: str, headers: Message) -> str:
         """The route a request goes to, or the ApiError that refuses it."""
         host = self.check_host(headers)
         self.check_origin(headers, host)
@@ -245,7 +250,7 @@ class ControlApi:
             )
         return route
 
-    def check_host(self, headers) -> tuple[str, int] | None:
+    def check_host(self, headers: Message) -> tuple[str, int] | None:
         """The Host as (name, port); refused unless it names this server (DNS rebinding)."""
         values = headers.get_all("Host") or []
         if not values:
@@ -276,7 +281,7 @@ class ControlApi:
         # An IP literal cannot be rebound to another server; with a wildcard bind any is ours.
         return ip.is_loopback or ip == self._bound_ip or self._bound_ip.is_unspecified
 
-    def check_origin(self, headers, host: tuple[str, int] | None) -> None:
+    def check_origin(self, headers: Message, host: tuple[str, int] | None) -> None:
         """A browser's cross-site request carries a foreign Origin: refused, reads included."""
         origin = headers.get("Origin")
         if origin is None:
@@ -289,7 +294,7 @@ class ControlApi:
         if host is None or theirs != ("http", *host):
             raise ApiError(HTTPStatus.FORBIDDEN, f"cross-origin requests are refused (Origin {origin.strip()[:100]!r})")
 
-    def authorize(self, headers) -> None:
+    def authorize(self, headers: Message) -> None:
         if not self.token:
             return
         given = headers.get("Authorization", "")
@@ -301,7 +306,7 @@ class ControlApi:
     def unauthorized(message: str) -> ApiError:
         return ApiError(HTTPStatus.UNAUTHORIZED, message, {"WWW-Authenticate": 'Bearer realm="empsync"'})
 
-    def verify_signed(self, route: str, headers, body: bytes) -> bool:
+    def verify_signed(self, route: str, headers: Message, body: bytes) -> bool:
         """True for a trigger signed with the webhook secret (checked here); False for any other request."""
         if route != TRIGGER or self.signed is None or not is_signed(headers):
             return False
@@ -669,7 +674,9 @@ class _Server:
     def _serve(self, conn: _Connection, slot: threading.BoundedSemaphore) -> None:
         keep = False
         try:
-            keep = not self.handler(conn, conn.peer, self).close_connection
+            # Typed for socketserver's socket and BaseServer; this loop hands over a _Connection
+            # (setup() reads it) and itself, which the handler never calls back.
+            keep = not self.handler(conn, conn.peer, self).close_connection  # type: ignore[arg-type]
         except OSError as exc:  # reset, broken pipe, timed out writing: the client left
             log.debug("client %s went away: %s", conn.peer, exc)
         except Exception:  # noqa: BLE001 - a bug: logged, and the server goes on

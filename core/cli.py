@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from . import __version__
 from .config import Config, check_document_ids, check_interval, load
@@ -38,7 +39,7 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 with one line, like every other usage error
+    def error(self, message: str) -> NoReturn:  # exit 2 with one line, like every other usage error
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -52,7 +53,7 @@ def whole_number(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before and after the command; SUPPRESS keeps a
     # subcommand's default from erasing a value given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--config",
         metavar="PATH",
@@ -315,7 +316,7 @@ def interruptible() -> Iterator[Interrupted]:
     """Ctrl-C, SIGTERM or a hang-up stops the run after its batch; a second signal stops it at once."""
     stopped = Interrupted()
 
-    def on_signal(signum: int, _frame) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stopped.event.is_set():
             raise KeyboardInterrupt
         stopped.signal = signal.Signals(signum)
@@ -464,9 +465,10 @@ def cmd_rollback(args: argparse.Namespace, config: Config) -> int:
                 return EXIT_USAGE
         result = engine.rollback(args.run, dry_run=args.dry_run, hold=args.hold, cascade=args.cascade, trigger="cli")
         if result.exit_code == EXIT_LOCKED:  # a service leads: it rolls back, holding the lock
-            result = rolled_back_by_the_leader(engine, args, result)
-            if isinstance(result, int):
-                return result
+            answered = rolled_back_by_the_leader(engine, args, result)
+            if isinstance(answered, int):
+                return answered
+            result = answered
     return _report(args, result)
 
 
@@ -485,7 +487,7 @@ def rolled_back_by_the_leader(engine: SyncEngine, args: argparse.Namespace, lock
     return answer.result if answer.result is not None else locked
 
 
-def _report(args: argparse.Namespace, result) -> int:
+def _report(args: argparse.Namespace, result: RunResult) -> int:
     from .render import sync_summary
 
     if args.json:

@@ -17,7 +17,7 @@ from .times import iso
 
 if TYPE_CHECKING:
     from .contracts import Stats, Status
-    from .engine import RunResult
+    from .results import RunResult
 
 
 def emit_json(data: Any) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from email.message import Message
 
 TIMESTAMP_HEADER = "X-Empsync-Timestamp"
 SIGNATURE_HEADER = "X-Empsync-Signature"
@@ -46,7 +47,7 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, st
     return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: "sha256=" + signature(secret, stamp, body)}
 
 
-def is_signed(headers: Mapping[str, str]) -> bool:
+def is_signed(headers: Mapping[str, str] | Message) -> bool:
     return headers.get(SIGNATURE_HEADER) is not None or headers.get(TIMESTAMP_HEADER) is not None
 
 
@@ -58,7 +59,7 @@ class SignedRequests:
         self._seen: OrderedDict[str, float] = OrderedDict()  # signature -> when it stops mattering
         self._lock = threading.Lock()
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify(self, headers: Mapping[str, str] | Message, body: bytes) -> None:
         """Raise ``SignatureError`` naming what is wrong; return for a good, fresh, unused signature."""
         stamp = (headers.get(TIMESTAMP_HEADER) or "").strip()
         given = (headers.get(SIGNATURE_HEADER) or "").strip()
