@@ -25,11 +25,12 @@ venv: $(STAMP)
 servers:
 	@.ci/servers.sh
 
-# ruff; the import contracts of pyproject.toml (core knows no screen, core's layers).
+# ruff; the import contracts of pyproject.toml (core knows no screen, core's layers); mypy (strict on core/).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -54,4 +55,4 @@ demo: $(STAMP)
 	$(BIN)/empsync demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

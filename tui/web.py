@@ -120,7 +120,7 @@ class ConsoleServer(Server):
         app.middlewares.append(guard)
         return app
 
-    async def handle_index(self, request: web.Request) -> Any:  # type: ignore[override]
+    async def handle_index(self, request: web.Request) -> Any:
         if self.fixed_public_url is None:
             # The tab's WebSocket goes back to the host the browser used (checked by the guard),
             # so its cookie goes with it.

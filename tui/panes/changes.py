@@ -75,7 +75,7 @@ def records_of(rows: Iterable[dict[str, Any]]) -> list[ChangeRecord]:
     """Audit rows read from the database (another process's changes) as the service's change records."""
     return [
         ChangeRecord(
-            row.get("changed_at"),
+            row["changed_at"],  # NOT NULL
             str(row.get("document_id")),
             str(row.get("operation")),
             row.get("field"),
@@ -184,7 +184,7 @@ class ChangesPane(Vertical):
             self._columns()
             self.rebuild()
 
-    def visible(self) -> list[Change]:
+    def shown_changes(self) -> list[Change]:
         """What the table shows, newest first."""
         shown = [c for c in self.buffer if c.matches(self.needle)] + self.extra
         return sorted(shown, key=lambda c: c.seq, reverse=True)[:MAX_CHANGES]
@@ -194,7 +194,7 @@ class ChangesPane(Vertical):
         keep = self._cursor_key()
         table.clear()
         self._shown.clear()
-        for change in reversed(self.visible()):  # oldest first, then one sort puts the newest on top
+        for change in reversed(self.shown_changes()):  # oldest first, then one sort puts the newest on top
             table.add_row(*self._cells(change), key=str(change.seq))
             self._shown.append(change.seq)
         table.sort("time", reverse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -38,7 +39,13 @@ class StatsPane(Vertical):
     def show(self, stats: dict[str, Any], snap: dict[str, Any]) -> None:
         rows, saved = stat_rows(stats, snap)
         grid = Table.grid(padding=(0, 1))
-        for justify, style in (("left", LABEL), ("right", ""), ("left", LABEL), ("right", "")):
+        columns: tuple[tuple[JustifyMethod, str], ...] = (
+            ("left", LABEL),
+            ("right", ""),
+            ("left", LABEL),
+            ("right", ""),
+        )
+        for justify, style in columns:
             grid.add_column(justify=justify, style=style, no_wrap=True)
         for row in rows:
             grid.add_row(*row)

@@ -7,7 +7,8 @@ the table are the service's stats, which it refreshes once a minute.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, cast
 
 from rich.text import Text
 from textual import on, work
@@ -19,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
 from core.errors import EmpsyncError
+from core.face import SyncFace, Ticket
 from core.safe import terminal_safe
 
 from .. import format as fmt
@@ -30,8 +32,23 @@ COUNTS = ("fetched", "inserted", "updated", "deleted", "repaired", "rejected")
 CHARTS = {"runs": "Runs/h", "reads": "Reads/h", "duration_p95_ms": "p95 ms"}
 
 
+class _Console(Protocol):
+    """What these screens use of the console's App (tui/app.py, which imports them)."""
+
+    @property
+    def service(self) -> SyncFace: ...
+
+    def toast(self, message: str, *, severity: str = ..., title: str = ..., timeout: float = ...) -> None: ...
+
+    def toast_queued(self, what: str, ticket: Ticket) -> None: ...
+
+
+def _console(screen: Screen[None]) -> _Console:
+    return cast(_Console, screen.app)  # Textual types it as any App; these screens run in the console only
+
+
 class RunsLoaded(Message):
-    def __init__(self, rows: list[dict[str, Any]] | None, error: str = "") -> None:
+    def __init__(self, rows: Sequence[Mapping[str, Any]] | None, error: str = "") -> None:
         super().__init__()
         self.rows, self.error = rows, error
 
@@ -54,7 +71,7 @@ class RunsScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[dict[str, Any]] = []
+        self.rows: Sequence[Mapping[str, Any]] = []  # the runs as JSON (RunRow)
         self.summary = "Loading the run history…"
 
     def compose(self) -> ComposeResult:
@@ -89,16 +106,16 @@ class RunsScreen(Screen[None]):
             peak = max(values, default=0)
             self.query_one(f"#chart-{key}-label", Label).update(f"{title} · 48 h · peak {peak:,.0f}")
 
-    def _hourly(self) -> list[dict[str, Any]]:
+    def _hourly(self) -> Sequence[Mapping[str, Any]]:
         try:
-            return list(self.app.service.stats().get("hourly") or [])
+            return list(_console(self).service.stats().get("hourly") or [])
         except Exception:  # noqa: BLE001 - a stand-in service without stats: no charts
             return []
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def _load(self) -> None:
         try:
-            self.post_message(RunsLoaded(self.app.service.runs(200)))
+            self.post_message(RunsLoaded(_console(self).service.runs(200)))
         except (EmpsyncError, AttributeError) as exc:
             self.post_message(RunsLoaded(None, getattr(exc, "message", "this console has no run history")))
 
@@ -131,7 +148,7 @@ class RunsScreen(Screen[None]):
         self._charts()
         self._summary(Text(f"{len(self.rows):,} runs · Esc goes back"))
 
-    def _selected(self) -> dict[str, Any] | None:
+    def _selected(self) -> Mapping[str, Any] | None:
         table = self.query_one(DataTable)
         if not self.rows or table.cursor_row >= len(self.rows):
             return None
@@ -155,7 +172,7 @@ class RunsScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def _plan(self, run: int) -> None:
         try:
-            self.post_message(PlanReady(run, self.app.service.plan_rollback(run)))
+            self.post_message(PlanReady(run, _console(self).service.plan_rollback(run)))
         except (EmpsyncError, AttributeError) as exc:
             self.post_message(PlanReady(run, getattr(exc, "message", "this console cannot roll back")))
 
@@ -164,12 +181,12 @@ class RunsScreen(Screen[None]):
         result = message.result
         if isinstance(result, str) or result.status != "ok":
             why = result if isinstance(result, str) else result.reason + (f"\n{result.hint}" if result.hint else "")
-            self.app.toast(why, severity="error", title=f"Run #{message.run} cannot be rolled back")
+            _console(self).toast(why, severity="error", title=f"Run #{message.run} cannot be rolled back")
             self._summary(Text(f"Run #{message.run} cannot be rolled back", style="red"))
             return
         n = len(result.would_change)
         if not n:
-            self.app.toast(f"Run #{message.run} changed nothing that is still there to put back.")
+            _console(self).toast(f"Run #{message.run} changed nothing that is still there to put back.")
             return
         runs = ", ".join(f"#{r}" for r in result.rolled_back)
         text = (
@@ -186,11 +203,11 @@ class RunsScreen(Screen[None]):
             self._summary(Text("Nothing rolled back."))
             return
         try:
-            ticket = self.app.service.rollback(run, trigger="console")
+            ticket = _console(self).service.rollback(run, trigger="console")
         except EmpsyncError as exc:
-            self.app.toast(exc.message, severity="error")
+            _console(self).toast(exc.message, severity="error")
             return
-        self.app.toast_queued(f"Rollback of run #{run}", ticket)
+        _console(self).toast_queued(f"Rollback of run #{run}", ticket)
         self._load()
 
     def _summary(self, text: Text) -> None:
@@ -236,7 +253,7 @@ class RunChangesScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="run-changes", exit_on_error=False)
     def _load(self) -> None:
         try:
-            self.post_message(ChangesLoaded(self.app.service.run_changes(self.run)))
+            self.post_message(ChangesLoaded(_console(self).service.run_changes(self.run)))
         except (EmpsyncError, AttributeError) as exc:
             self.post_message(ChangesLoaded(None, getattr(exc, "message", "no history to read")))
 
