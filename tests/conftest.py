@@ -8,6 +8,7 @@ reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,22 @@ from .servers import MariaDB, PostgreSQL, ServerMissing, start_emulator
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def logging_as_found():
+    """A command run in a test (cli.main, run_headless) sets up logging for the whole process: undone after it.
+
+    Left in place, its root level (CRITICAL for a one-shot command) hides the
+    records later tests read, and its warnings capture makes theirs a no-op.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    logging.captureWarnings(False)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 # The repository's employee mapping (as the demo uses it), plus the types it lacks.
 EMPLOYEE_FIELDS: dict[str, dict[str, Any]] = {

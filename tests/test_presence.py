@@ -26,9 +26,7 @@ def db(sqlite_url):
 
 
 @pytest.fixture
-def publisher(db, caplog):
-    # The root logger's level is global: a command run by another test (cli.main) leaves it at CRITICAL.
-    caplog.set_level(logging.INFO)
+def publisher(db):
     leading = {"now": True}
     view = {"state": "syncing", "current_run": {"run_id": 3}}
     made = Publisher(db, LEADER, view=lambda: dict(view), leading=lambda: leading["now"])
