@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import JustifyMethod
@@ -36,7 +37,7 @@ class StatsPane(Vertical):
             yield Static("Last —", id="last-duration")
             yield Sparkline([], summary_function=max, id="durations")
 
-    def show(self, stats: dict[str, Any], snap: dict[str, Any]) -> None:
+    def show(self, stats: Mapping[str, Any], snap: Mapping[str, Any]) -> None:
         rows, saved = stat_rows(stats, snap)
         grid = Table.grid(padding=(0, 1))
         columns: tuple[tuple[JustifyMethod, str], ...] = (
@@ -64,7 +65,7 @@ class StatsPane(Vertical):
         self.text = "\n".join([*lines, last.plain, saved])
 
 
-def stat_rows(stats: dict[str, Any], snap: dict[str, Any]) -> tuple[list[tuple[str, Text, str, Text]], str]:
+def stat_rows(stats: Mapping[str, Any], snap: Mapping[str, Any]) -> tuple[list[tuple[str, Text, str, Text]], str]:
     """The grid's rows, and a line on what incremental reads saved (for the border)."""
 
     def n(key: str, style: str = "") -> Text:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -56,7 +57,7 @@ class StatusPane(Static):
         self.update(grid)
 
 
-def shown(snap: dict[str, Any]) -> dict[str, Any]:
+def shown(snap: Mapping[str, Any]) -> dict[str, Any]:
     """What a console shows: its own service's snapshot, or the live leader's view over it.
 
     While another process leads and its heartbeat is fresh, the live part
