@@ -4,7 +4,8 @@ Issue 3, points 1-3, 5 and 7: scheduled runs, live interval changes, pause,
 disabled mode, a job's exception, one leader on a lost lock connection, and
 recovery from a database outage; the lock and the outage on MariaDB and on
 PostgreSQL. The contract's smallest interval is 10 s; for
-second-scale schedules these tests lower the module constants in-process.
+second-scale schedules these tests lower the config's bound in-process and
+give the service shorter timings.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from datetime import timedelta
 import pytest
 
 import core.config
-import core.service as service_mod
 from core import config as cfg
 from core.backoff import backoff_delay
 from core.errors import ConfigError
 from core.events import StatusChanged, SyncFailed, SyncFinished, SyncStarted
-from core.service import SyncService
+from core.service import SyncService, Timings
 from core.state import parse_iso, utcnow
 
 from .conftest import employee, run_cli, started, write_docs, write_toml
@@ -33,17 +33,22 @@ from .service_support import Events, mirror_rows, running, runs_table, stored_st
 pytestmark = pytest.mark.integration
 
 
+FAST = Timings(
+    lead_check_s=0.3,
+    lead_retry_s=0.3,
+    lead_backoff_base_s=0.2,
+    lead_backoff_cap_s=1.0,
+    backoff_base_s=0.2,
+    backoff_cap_s=1.0,
+    status_refresh_s=0.5,
+)
+
+
 @pytest.fixture
-def fast(monkeypatch):
-    """Second-scale timing: intervals from 1 s, quick leadership checks, short backoff."""
-    monkeypatch.setattr(core.config, "INTERVAL_MIN", 1)
-    monkeypatch.setattr(service_mod, "LEAD_CHECK_S", 0.3)
-    monkeypatch.setattr(service_mod, "LEAD_RETRY_S", 0.3)
-    monkeypatch.setattr(service_mod, "LEAD_BACKOFF_BASE_S", 0.2)
-    monkeypatch.setattr(service_mod, "LEAD_BACKOFF_CAP_S", 1.0)
-    monkeypatch.setattr(service_mod, "BACKOFF_BASE_S", 0.2)
-    monkeypatch.setattr(service_mod, "BACKOFF_CAP_S", 1.0)
-    monkeypatch.setattr(service_mod, "STATUS_REFRESH_S", 0.5)
+def fast(monkeypatch) -> Timings:
+    """Second-scale timing for a service: intervals from 1 s, quick leadership checks, short backoff."""
+    monkeypatch.setattr(core.config, "INTERVAL_MIN", 1)  # the config's bound, below the contract's 10 s
+    return FAST
 
 
 def cli_toml(tmp_path, config: cfg.Config, **sync):
@@ -64,7 +69,7 @@ def scheduled_starts(events: Events, mark: int = 0) -> list[SyncStarted]:
 def test_scheduled_runs_happen_one_at_a_time(fast, make_config, target_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(5)})
     config = make_config(target_url, sync={"interval": 1, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         first = events.wait_finished(1, trigger="schedule")[0]
@@ -89,7 +94,7 @@ def test_scheduled_runs_happen_one_at_a_time(fast, make_config, target_url, fire
 def test_a_missed_tick_runs_once_and_manual_runs_queue(fast, make_config, sqlite_url, firestore_client):
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 2, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     slow_started = threading.Event()
     release = threading.Event()
@@ -142,7 +147,7 @@ def test_a_missed_tick_runs_once_and_manual_runs_queue(fast, make_config, sqlite
 def test_set_interval_is_picked_up_live(fast, make_config, sqlite_url, firestore_client):
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 3600, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(1, trigger="schedule")
@@ -160,7 +165,7 @@ def test_interval_bounds_persistence_and_the_cli(make_config, mysql_url, firesto
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(mysql_url, sync={"interval": 300, "force_interval": 3600})
     toml = cli_toml(tmp_path, config)
-    first = SyncService(config)
+    first = SyncService(config, timings=fast)
     events = Events(first)
     with running(first):
         events.wait_finished(1, trigger="schedule")
@@ -172,7 +177,7 @@ def test_interval_bounds_persistence_and_the_cli(make_config, mysql_url, firesto
         wait_for(lambda: stored_state(config).get("interval") == "45", 10, "the interval stored")
 
     # A restart reads it back: the stored interval wins over sync.toml.
-    second = SyncService(config)
+    second = SyncService(config, timings=fast)
     events = Events(second)
     with running(second):
         wait_for(lambda: second.snapshot().get("interval") == 45, 10, "the stored interval after a restart")
@@ -209,7 +214,7 @@ def test_pause_and_resume_in_process_and_from_a_shell(fast, make_config, sqlite_
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 1, "force_interval": 3600})
     toml = cli_toml(tmp_path, config)
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(2, trigger="schedule")
@@ -257,7 +262,7 @@ def test_disabled_stops_scheduled_runs_only(fast, how, make_config, sqlite_url, 
         base, sync=dataclasses.replace(base.sync, enabled=how != "file")
     ))), env=env)  # fmt: skip
     assert config.sync.enabled is False
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         wait_for(lambda: service.snapshot()["state"] == "disabled", 10, "state disabled")
@@ -288,7 +293,7 @@ def test_disabled_stops_scheduled_runs_only(fast, how, make_config, sqlite_url, 
 def test_a_failing_job_is_a_failed_run_and_the_worker_lives_on(fast, make_config, sqlite_url, firestore_client):
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 1, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(1, trigger="schedule")
@@ -337,7 +342,7 @@ def test_a_lost_lock_connection_drops_leadership_until_regained(fast, make_confi
     url = request.getfixturevalue("mysql_url" if server == "mariadb" else "postgresql_url")
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(url, sync={"interval": 3600, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(1, trigger="schedule")
@@ -376,7 +381,7 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
     try:
         config = make_config(server.url(server.create_database("outage")), sync={"interval": 1, "force_interval": 3600})
         write_docs(firestore_client, {f"e{i}": employee(i) for i in range(10)})
-        service = SyncService(config)
+        service = SyncService(config, timings=fast)
         events = Events(service)
         with running(service):
             events.wait_finished(1, trigger="schedule")
@@ -405,7 +410,7 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
             wait_for(caught_up, 60, "the backlog synced after the database came back")
             wait_leading(service, timeout=30)
             assert service._thread is worker and service.alive
-            # Capped backoff, not a hot loop: with these shortened constants at most one try a
+            # Capped backoff, not a hot loop: with these shortened timings at most one try a
             # fraction of a second; the real curve is checked in test_backoff_curve below.
             assert len(failures) <= 40
         events.assert_never_overlapped()
@@ -414,15 +419,16 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
 
 
 def test_backoff_curve_is_capped_exponential_with_jitter():
-    """Five minutes of outage cost a handful of attempts with the shipped constants."""
+    """Five minutes of outage cost a handful of attempts with the shipped timings."""
+    shipped = Timings()
     for failures in range(1, 30):
-        full = min(service_mod.BACKOFF_CAP_S, service_mod.BACKOFF_BASE_S * 2 ** (failures - 1))
-        delays = {backoff_delay(failures, service_mod.BACKOFF_BASE_S, service_mod.BACKOFF_CAP_S) for _ in range(50)}
+        full = min(shipped.backoff_cap_s, shipped.backoff_base_s * 2 ** (failures - 1))
+        delays = {backoff_delay(failures, shipped.backoff_base_s, shipped.backoff_cap_s) for _ in range(50)}
         assert all(full / 2 <= d <= full for d in delays)
         assert len(delays) > 1, "jitter"
     for base, cap in (
-        (service_mod.BACKOFF_BASE_S, service_mod.BACKOFF_CAP_S),
-        (service_mod.LEAD_BACKOFF_BASE_S, service_mod.LEAD_BACKOFF_CAP_S),
+        (shipped.backoff_base_s, shipped.backoff_cap_s),
+        (shipped.lead_backoff_base_s, shipped.lead_backoff_cap_s),
     ):
         elapsed, attempts = 0.0, 0
         while elapsed < 300:
