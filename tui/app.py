@@ -35,6 +35,7 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Header
 
 from core.errors import EmpsyncError
+from core.events import BatchApplied, RequestUpdate, RunReport, StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from core.safe import terminal_safe
 from core.state import utcnow
 
@@ -219,36 +220,38 @@ class EmpsyncApp(App[int]):
         if len(self._pending_log) > 2 * MAX_LINES:
             del self._pending_log[:-MAX_LINES]
 
-    @on(msg.BatchApplied)
-    def _on_batch(self, message: msg.BatchApplied) -> None:
+    @on(msg.CoreEvent)
+    def _on_core_event(self, message: msg.CoreEvent) -> None:
+        """What the service said, by the event's type; each one shown marks the panes for the next flush."""
         self.bridge.handled()
-        self._pending_changes.extend(message.changes)
-        if len(self._pending_changes) > 2 * MAX_CHANGES:
-            del self._pending_changes[:-MAX_CHANGES]
+        match message.event:
+            case BatchApplied(changes=changes):
+                self._pending_changes.extend(changes)
+                if len(self._pending_changes) > 2 * MAX_CHANGES:
+                    del self._pending_changes[:-MAX_CHANGES]
+            case SyncStarted():
+                pass  # the Status pane shows the run from the snapshot
+            case SyncFinished(result=result):
+                self._finished(result)
+            case SyncFailed() as failed:
+                self._failed(failed)
+            case StatusChanged() as status:
+                self._status_changed(status)
+            case RequestUpdate() as update:
+                self._request_update(update)
+            case _:
+                return  # not shown here (a notification's outcome, say)
         self._dirty = True
 
-    @on(msg.SyncStarted)
-    def _on_started(self, message: msg.SyncStarted) -> None:
-        self.bridge.handled()
-        self._dirty = True
-
-    @on(msg.SyncFinished)
-    def _on_finished(self, message: msg.SyncFinished) -> None:
-        self.bridge.handled()
-        self._dirty = True
-        result = message.result
-        if getattr(result, "trigger", "") == "console":
+    def _finished(self, result: RunReport) -> None:
+        if result.trigger == "console":
             if result.kind == "rollback":
                 self.toast(result.reason, title="Rolled back")
                 return
             self.toast(_done_text(result))
 
-    @on(msg.RequestUpdate)
-    def _on_request_update(self, message: msg.RequestUpdate) -> None:
+    def _request_update(self, event: RequestUpdate) -> None:
         """A run this console asked of the leading process: its start and its end, as toasts."""
-        self.bridge.handled()
-        self._dirty = True
-        event = message.event
         if event.trigger != "console":
             return  # asked by this process's API: its caller follows it
         what = WHAT.get(event.kind, "Sync")
@@ -275,30 +278,24 @@ class EmpsyncApp(App[int]):
                 title=f"{what} failed on {by}",
             )
 
-    @on(msg.SyncFailed)
-    def _on_failed(self, message: msg.SyncFailed) -> None:
-        self.bridge.handled()
-        self._dirty = True
-        if message.hint:
-            self.console_log("INFO", f"Hint: {message.hint}", message.at)
-        self.toast(message.error + (f"\n{message.hint}" if message.hint else ""), severity="error", title="Sync failed")
+    def _failed(self, event: SyncFailed) -> None:
+        if event.hint:
+            self.console_log("INFO", f"Hint: {event.hint}", event.at)
+        self.toast(event.error + (f"\n{event.hint}" if event.hint else ""), severity="error", title="Sync failed")
 
-    @on(msg.StatusChanged)
-    def _on_status(self, message: msg.StatusChanged) -> None:
-        self.bridge.handled()
-        self._dirty = True
-        level = "ERROR" if message.state == "error" else ("WARNING" if message.state == "standby" else "INFO")
-        routine = message.state == "syncing" or (message.state == "idle" and self._last_state in ROUTINE)
+    def _status_changed(self, event: StatusChanged) -> None:
+        level = "ERROR" if event.state == "error" else ("WARNING" if event.state == "standby" else "INFO")
+        routine = event.state == "syncing" or (event.state == "idle" and self._last_state in ROUTINE)
         if not routine:  # a run logs its own start and end; the Log says when something else happens
-            self.console_log(level, f"Status: {message.state}" + (f" ({message.detail})" if message.detail else ""))
-        self._last_state = message.state
-        if message.state == "paused":
+            self.console_log(level, f"Status: {event.state}" + (f" ({event.detail})" if event.detail else ""))
+        self._last_state = event.state
+        if event.state == "paused":
             self.paused = True
             self.refresh_bindings()
-        elif message.state in ("idle", "listening"):
+        elif event.state in ("idle", "listening"):
             self.paused = False
             self.refresh_bindings()
-        if not self._history_loaded and message.state not in ("starting", "error", "stopped"):
+        if not self._history_loaded and event.state not in ("starting", "error", "stopped"):
             self._history_loaded = True  # the schema exists once the service has got this far
             self._load_changes("")
 
@@ -692,7 +689,7 @@ def _serve_api(service: Any, config: Any) -> Any:
 WHAT = {"force": "Force sync", "ids": "Sync of selected employees", "rollback": "Rollback"}
 
 
-def _done_text(result: Any, by: str = "") -> str:
+def _done_text(result: RunReport, by: str = "") -> str:
     """A finished run's toast (``result``: a ``RunReport``); ``by``: the leader that made it for us."""
     c = result.counts
     written = c.inserted + c.updated + c.deleted + c.repaired
