@@ -224,6 +224,22 @@ class SyncService:
         """One run's field-level changes, oldest first (reads the database: any thread)."""
         return self.engine.state.changes_of_run(run, limit)
 
+    def recent_changes(self, limit: int = 50, needle: str = "") -> list[dict[str, Any]]:
+        """The newest field-level changes, newest first; ``needle``: those whose id or name holds it (any thread)."""
+        return self.engine.state.recent_changes(limit=limit, needle=needle)
+
+    def rejects(self) -> list[dict[str, Any]]:
+        """The open rejects, newest first (reads the database: any thread)."""
+        return self.engine.state.rejects()
+
+    def changes_by_others(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Audit rows above id ``after`` written by other processes' runs, oldest first: the leader's, to a standby."""
+        return self.engine.state.changes_after(after, limit=limit, not_by=self.identity)
+
+    def log_by_others(self, after: int | None, limit: int = 500) -> list[dict[str, Any]]:
+        """Log lines other processes shared above id ``after`` (None: their newest ``limit``), oldest first."""
+        return self.shared_log.after(after, not_by=self.identity, limit=limit)
+
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The run history, newest first, as JSON-ready rows (reads the database: any thread)."""
         from .render import jsonable

@@ -418,6 +418,45 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
         server.destroy()
 
 
+def test_the_consoles_reads_through_the_service(make_config, target_url, firestore_client, tmp_path):
+    """What a console reads through the face: recent changes (filtered by id or name in any case, % and _
+    as themselves), the rejects, one run's changes, and what other processes' runs and log lines added, never its own."""
+    write_docs(
+        firestore_client,
+        {"e1": employee(1, name="Alice Silva"), "e2": employee(2), "bad": employee(3, salary="lots")},
+    )
+    config = make_config(target_url)
+    other = run_cli("sync", "--force", "--config", str(cli_toml(tmp_path, config)))  # another process's run
+    assert other.returncode == 0, other.stderr
+    service = SyncService(config)
+    try:
+        theirs = service.changes_by_others(0)
+        assert sorted((r["document_id"], r["operation"]) for r in theirs) == [("e1", "insert"), ("e2", "insert")]
+        assert [r["document_id"] for r in service.rejects()] == ["bad"]
+        assert "salary" in service.rejects()[0]["reason"]
+
+        write_docs(firestore_client, {"e2": employee(2, salary=1)})
+        ours = service.engine.run(trigger="console")  # this process's own run
+        assert ours.status == "ok" and ours.counts.updated == 1
+        assert service.changes_by_others(max(r["id"] for r in theirs)) == [], "its own run is not another's"
+        changed = {r["field"]: r["new_value"] for r in service.run_changes(ours.run_id)}
+        assert changed["salary"] == "1" and set(changed) == {"salary", "updated_at"}
+
+        newest = service.recent_changes(limit=10)
+        assert [r["document_id"] for r in newest[:2]] == ["e2", "e2"] and len(newest) == 4  # its two fields first
+        for needle in ("silva", "SILVA", "e1", "E1"):
+            assert [r["document_id"] for r in service.recent_changes(needle=needle)] == ["e1"], needle
+        assert service.recent_changes(needle="e_") == [] and service.recent_changes(needle="%") == []  # no wildcards
+
+        at = utcnow()
+        line = {"at": at, "level": "INFO", "logger": "empsync.sync", "text": "a line"}
+        service.shared_log.write([{**line, "service": "other-host:1"}, {**line, "service": service.identity}])
+        assert [r["service"] for r in service.log_by_others(None)] == ["other-host:1"]
+        assert service.log_by_others(service.log_by_others(None)[-1]["id"]) == []
+    finally:
+        service.engine.close()
+
+
 def test_backoff_curve_is_capped_exponential_with_jitter():
     """Five minutes of outage cost a handful of attempts with the shipped timings."""
     shipped = Timings()
