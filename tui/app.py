@@ -600,17 +600,10 @@ class EmpsyncApp(App[int]):
 
     # -- thread workers (database reads, the blocking stop) ------------------------------
 
-    def _state(self) -> Any:
-        engine = getattr(self.service, "engine", None)
-        return getattr(engine, "state", None)
-
     @work(thread=True, exclusive=True, group="changes", exit_on_error=False)
     def _load_changes(self, needle: str) -> None:
-        state = self._state()
-        if state is None:
-            return
         try:
-            rows = state.recent_changes(limit=MAX_CHANGES, needle=needle)
+            rows = self.service.recent_changes(limit=MAX_CHANGES, needle=needle)
         except EmpsyncError as exc:
             log.warning("could not read recent changes: %s", exc.message)
             self.post_message(msg.ChangesLoaded(None, needle))
@@ -619,9 +612,9 @@ class EmpsyncApp(App[int]):
 
     def _follow_others(self) -> None:
         """Once a second while another process leads (and once after taking over): what it wrote."""
-        service, cursor = self.service, self._change_cursor
-        if cursor is None or not hasattr(service, "shared_log") or self.quitting:
-            return  # a stand-in face (rendering tests), or no history yet
+        cursor = self._change_cursor
+        if cursor is None or self.quitting:
+            return  # no history yet
         leading = bool(self._snapshot().get("is_leader"))
         if leading and self._caught_up:
             self.set_timer(REMOTE_S, self._follow_others)  # our own events show everything now
@@ -630,10 +623,9 @@ class EmpsyncApp(App[int]):
 
     @work(thread=True, exclusive=True, group="remote", exit_on_error=False)
     def _read_others(self, changes_after: int, lines_after: int | None, leading: bool) -> None:
-        me = self.service.identity
         try:
-            changes = self.service.engine.state.changes_after(changes_after, limit=MAX_CHANGES, not_by=me)
-            lines = self.service.shared_log.after(lines_after, not_by=me, limit=REMOTE_LOG_LINES)
+            changes = self.service.changes_by_others(changes_after, limit=MAX_CHANGES)
+            lines = self.service.log_by_others(lines_after, limit=REMOTE_LOG_LINES)
         except EmpsyncError:
             self.post_message(msg.RemoteLoaded(None, None, leading))
             return
@@ -641,12 +633,8 @@ class EmpsyncApp(App[int]):
 
     @work(thread=True, exclusive=True, group="rejects", exit_on_error=False)
     def _load_rejects(self) -> None:
-        state = self._state()
-        if state is None:
-            self.post_message(msg.RejectsLoaded([], "this console has no database to read"))
-            return
         try:
-            rows = state.rejects()
+            rows = self.service.rejects()
         except EmpsyncError as exc:
             self.post_message(msg.RejectsLoaded([], exc.message))
             return
