@@ -25,9 +25,11 @@ venv: $(STAMP)
 servers:
 	@.ci/servers.sh
 
+# ruff; the import contracts of pyproject.toml (core knows no screen, core's layers).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

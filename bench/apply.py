@@ -34,7 +34,8 @@ from core.engine import SyncEngine, _Run
 from core.mapping import content_hash, map_document
 from core.source import SourceDoc
 from core.state import State
-from core.store import MirrorStore, Planned, naive_utc
+from core.store import MirrorStore, Planned
+from core.times import naive_utc
 
 from .harness import TARGETS, Servers, doc_id, employee, say
 from .options import Sizes

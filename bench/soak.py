@@ -1,4 +1,4 @@
-"""`python -m bench.soak`: the simulated mobile app against a listening service, with periodic faults (issue 7).
+"""`python -m bench.soak`: the simulated mobile app against a listening service, with periodic faults.
 
 For ``--minutes`` (30 by default) the demo's simulated app (``core.simulator``)
 edits the collection at a steady ``--rate`` while a real ``empsync --no-ui``

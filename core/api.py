@@ -45,7 +45,7 @@ from .config import INTERVAL_MAX, INTERVAL_MIN, ApiConfig, check_document_ids
 from .errors import ConfigError, EmpsyncError
 from .metrics import Metrics
 from .service import SyncService
-from .stream import Streams
+from .stream import UPGRADE_REQUIRED, Streams
 from .webhook import SignatureError, SignedRequests, is_signed
 
 log = logging.getLogger("empsync.api")
@@ -65,16 +65,17 @@ PREFIX = "/api/realtime-sync"
 TRIGGER = f"{PREFIX}/trigger"
 EVENTS = f"{PREFIX}/events"  # a WebSocket (core/stream.py)
 SIGNED_MAY_ASK = {"force", "ids"}
+READ = {"GET", "HEAD"}  # HEAD is answered wherever GET is: the same status and headers, no body
 ROUTES: dict[str, set[str]] = {
-    f"{PREFIX}/status": {"GET"},
-    f"{PREFIX}/stats": {"GET"},
-    EVENTS: {"GET"},
+    f"{PREFIX}/status": READ,
+    f"{PREFIX}/stats": READ,
+    EVENTS: READ,
     f"{PREFIX}/trigger": {"POST"},
     f"{PREFIX}/interval": {"POST"},
     f"{PREFIX}/rollback": {"POST"},
-    f"{PREFIX}/runs": {"GET"},
-    "/healthz": {"GET"},
-    "/metrics": {"GET"},
+    f"{PREFIX}/runs": READ,
+    "/healthz": READ,
+    "/metrics": READ,
 }
 OPEN_ROUTES = {"/healthz"}  # answered without the token: a liveness probe carries none
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -724,9 +725,11 @@ class _Handler(BaseHTTPRequestHandler):
             lengths = self.headers.get_all("Content-Length") or []
             self._body_unread = "Transfer-Encoding" in self.headers or any(v.strip() != "0" for v in lengths)
             route = self.api.admit(self.command, self.path.split("?", 1)[0], self.headers)
-            if route == EVENTS and self.command == "GET":
+            if route == EVENTS:
                 if self._body_unread:
                     raise ApiError(HTTPStatus.BAD_REQUEST, "an event stream request has no body")
+                if self.command == "HEAD":  # what a GET that asks for no upgrade is told
+                    raise ApiError(*UPGRADE_REQUIRED)
                 refusal = self.api.streams.serve(self)  # until the stream ends, unless it is refused
                 if refusal is not None:
                     raise ApiError(*refusal)

@@ -1,4 +1,4 @@
-"""The ``empsync`` command line (DESIGN §2, fixed).
+"""The ``empsync`` command line: its commands, options and exit codes are a fixed contract (README).
 
 Every expected failure ends as one or two lines on stderr and an exit code:
 0 ok (or not due), 1 the sync failed, 2 usage or configuration, 3 locked.
@@ -7,7 +7,6 @@ Every expected failure ends as one or two lines on stderr and an exit code:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -16,12 +15,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .config import Config, check_document_ids, check_interval, load
 from .errors import ConfigError, EmpsyncError
+from .render import emit_json, emit_text
 
 if TYPE_CHECKING:  # the engine pulls in SQLAlchemy: only commands that need it import it
     from .engine import RunResult, SyncEngine
@@ -189,19 +189,6 @@ def setup_logging(verbose: bool, fmt: str = "text") -> None:
 
     # Without -v a one-shot command prints its own result and errors; the log stays quiet.
     configure(level=logging.INFO if verbose else logging.CRITICAL, fmt=fmt)
-
-
-def emit_json(data: Any) -> None:
-    from .safe import json_safe
-
-    print(json_safe(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
-
-
-def emit_text(text: str) -> None:
-    """A command's text result; the renderers escape each value, this keeps the whole terminal-safe."""
-    from .safe import terminal_safe
-
-    print(terminal_safe(text, multiline=True))
 
 
 # -- commands -------------------------------------------------------------------
@@ -431,9 +418,11 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
         except argparse.ArgumentTypeError:
             raise ConfigError("interval", f"{args.seconds[:40]!r} is not a whole number of seconds") from None
         check_interval(seconds)
+    from .state import StateKey
+
     with open_engine(config) as engine:
         if seconds is None:
-            engine.state.forget("interval")
+            engine.state.forget(StateKey.INTERVAL)
             setting = engine.state.interval()
             print(f"interval reset: {setting.seconds} s from {setting.source}")
         else:
@@ -443,8 +432,10 @@ def cmd_interval(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_pause(args: argparse.Namespace, config: Config, paused: bool = True) -> int:
+    from .state import StateKey
+
     with open_engine(config) as engine:
-        engine.state.set(paused="1" if paused else "0")
+        engine.state.set({StateKey.PAUSED: "1" if paused else "0"})
     print("scheduled runs paused; `empsync resume` resumes them" if paused else "scheduled runs resumed")
     return EXIT_OK
 
@@ -540,14 +531,50 @@ def cmd_notify(args: argparse.Namespace, config: Config) -> int:
     return run_notify_command(config, test=args.test, as_json=args.json)
 
 
-def cmd_web(args: argparse.Namespace, config: Config) -> int:
+class ConsoleRunner(Protocol):
+    """Opens the console on a config until the operator quits; returns the exit code (``attach``: never lead)."""
+
+    def __call__(self, config: Config, *, attach: bool = False) -> int: ...
+
+
+class WebRunner(Protocol):
+    """Serves the console to browsers until stopped; returns the exit code."""
+
+    def __call__(
+        self, config: Config, *, host: str, port: int, public_url: str | None, target_url: str | None
+    ) -> int: ...
+
+
+class NoScreen(EmpsyncError):
+    """The console was asked of an entry point that was handed none."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class Faces:
+    """The screens core does not know, handed in by the entry point (``tui/entry.py``, the ``empsync`` script).
+
+    core/ imports no screen: without them (``python -m core.cli``) the
+    headless service and every one-shot command work, and the console and
+    ``empsync web`` say where they are.
+    """
+
+    console: ConsoleRunner | None = None
+    web: WebRunner | None = None
+
+    def need_console(self) -> ConsoleRunner:
+        if self.console is None:
+            raise NoScreen("this entry point has no console", "run `empsync` for the console, or `empsync --no-ui`")
+        return self.console
+
+
+def cmd_web(args: argparse.Namespace, config: Config, faces: Faces) -> int:
     if not 1 <= args.port <= 65_535:
         raise ConfigError("--port", f"must be from 1 to 65,535 (got {args.port})")
-    try:
-        from tui.web import run_web
-    except ImportError:
-        raise EmpsyncError("empsync web needs textual-serve", "install it: pip install 'empsync[web]'") from None
-    return run_web(
+    if faces.web is None:
+        raise NoScreen("this entry point has no browser console", "run `empsync web`")
+    return faces.web(
         config,
         host=args.host,
         port=args.port,
@@ -556,22 +583,16 @@ def cmd_web(args: argparse.Namespace, config: Config) -> int:
     )
 
 
-def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+def cmd_demo(args: argparse.Namespace, faces: Faces) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, console=None if getattr(args, "no_ui", False) else faces.need_console())
 
 
 def cmd_service(args: argparse.Namespace, config: Config) -> int:
     from .headless import run_headless
 
     return run_headless(config, log_format=args.log_format, verbose=getattr(args, "verbose", False))
-
-
-def cmd_console(args: argparse.Namespace, config: Config) -> int:
-    from tui.app import run_console
-
-    return run_console(config, attach=args.attach)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
@@ -588,7 +609,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "rollback": cmd_rollback,
     "release": cmd_release,
     "notify": cmd_notify,
-    "web": cmd_web,
 }
 
 
@@ -601,7 +621,9 @@ def print_error(message: str, hint: str = "") -> None:
         print(f"  hint: {terminal_safe(hint)}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, faces: Faces | None = None) -> int:
+    """The command line; ``faces`` brings the console and the browser console (core knows neither)."""
+    faces = faces or Faces()
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -613,14 +635,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--attach opens the console; it takes neither --no-ui nor a command")
         if args.command == "demo":
             setup_logging(verbose)
-            return cmd_demo(args, None)
+            return cmd_demo(args, faces)
         config = load_config(args)
+        if args.command == "web":
+            setup_logging(verbose)
+            return cmd_web(args, config, faces)
         if args.command in COMMANDS:
             setup_logging(verbose)
             return COMMANDS[args.command](args, config)
         if args.no_ui:
             return cmd_service(args, config)
-        return cmd_console(args, config)
+        return faces.need_console()(config, attach=args.attach)
     except UsageError as exc:
         print_error(str(exc).removeprefix("empsync: "))
         return EXIT_USAGE

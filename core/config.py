@@ -1,4 +1,4 @@
-"""sync.toml: loading, environment overrides and validation (DESIGN §3).
+"""sync.toml: loading, environment overrides and validation (its keys are a fixed contract, README).
 
 Precedence is command line > environment > file > defaults. Every problem is a
 ``ConfigError`` that names the offending key, so ``empsync`` can exit 2 with a
@@ -11,12 +11,13 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .conditions import Condition, load_conditions
 from .errors import ConfigError
+from .mapping import FieldSpec
 
 # Validating patterns are used with fullmatch: ``$`` would also match before a final newline.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -31,27 +32,12 @@ MODES = ("poll", "listen")
 LISTEN_SCOPES = ("changes", "collection")
 INTERVAL_MIN, INTERVAL_MAX = 10, 86_400
 
-# Bookkeeping columns of the mirror table besides the id column (DESIGN §4).
+# Bookkeeping columns of the mirror table besides the id column (fixed names: scripts read them).
 UPDATE_TIME_COLUMN = "firestore_update_time"
 SYNCED_AT_COLUMN = "synced_at"
 DELETED_AT_COLUMN = "deleted_at"
 HASH_COLUMN = "content_hash"
 BOOKKEEPING_COLUMNS = (UPDATE_TIME_COLUMN, SYNCED_AT_COLUMN, DELETED_AT_COLUMN, HASH_COLUMN)
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One mapped Firestore field: where it is read from and how it is stored."""
-
-    path: str
-    type: str = "string"
-    column: str = ""
-    required: bool = False
-    max_length: int = 255
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return tuple(self.path.split("."))
 
 
 @dataclass(frozen=True)
@@ -557,14 +543,6 @@ def mask_url(url: str) -> str:
     except (ArgumentError, ValueError):
         # Unparsable (say one slash too few): hide everything up to the last @.
         return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*:/*)?.*@", lambda m: (m.group(1) or "") + "***@", url)
-
-
-def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
-    """A copy with some section values replaced, validated again (used by demo and tests)."""
-    changed = {name: replace(getattr(config, name), **values) for name, values in sections.items()}
-    new = replace(config, **changed)
-    validate(new)
-    return new
 
 
 # -- [notify] ------------------------------------------------------------------

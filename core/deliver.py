@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from . import __version__
 from .config import Config, NotifyConfig, parse_smtp_url
 from .safe import terminal_safe
-from .state import iso, utcnow
+from .times import iso, utcnow
 
 TIMEOUT_S = 10.0  # one attempt: connect, send, answer
 MAX_TEXT = 4000  # characters of a notice's text

@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +106,8 @@ def demo_environment(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """``empsync demo``: the environment above, then the console (or the headless service)."""
+def run_demo(args: argparse.Namespace, console: Callable[[cfg.Config], int] | None = None) -> int:
+    """``empsync demo``: the environment above, then the ``console`` (without one, the headless service)."""
     if args.employees < 1:
         raise cfg.ConfigError("--employees", "must be at least 1")
     if not 0 < args.pace < 86_400:  # NaN fails this too
@@ -123,14 +123,12 @@ def run_demo(args: argparse.Namespace) -> int:
             target_url=getattr(args, "target_url", None),
             pace_s=args.pace,
         ) as demo:
-            if getattr(args, "no_ui", False):
+            if console is None:
                 from .headless import run_headless
 
                 print(f"syncing into {cfg.mask_url(demo.config.target.url)}; Ctrl-C stops the demo", file=sys.stderr)
                 return run_headless(demo.config)
-            from tui.app import run_console
-
-            return run_console(demo.config)
+            return console(demo.config)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -153,24 +153,7 @@ class Emulator:
         except OSError:
             return False
 
-    def clear(self, project: str) -> None:
-        """Delete every document of a project (the emulator's reset endpoint)."""
-        request = urllib.request.Request(
-            f"http://{self.host}/emulator/v1/projects/{project}/databases/(default)/documents", method="DELETE"
-        )
-        urllib.request.urlopen(request, timeout=30).close()
-
     def stop(self, kill: bool = False) -> None:
         if self.process is not None:
             stop_group(self.process, kill=kill)
             self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -1,4 +1,4 @@
-"""One sync run: fetch → map → diff → apply → record, emitting events (DESIGN §5).
+"""One sync run: fetch → map → diff → apply → record, emitting events (docs/architecture.md §3).
 
 Reading overlaps writing: a reader thread fetches the next Firestore page
 while this thread applies the current one, so a run costs little more than the
@@ -19,18 +19,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import state as keys
 from .conditions import matches
 from .config import Config
 from .db import Database
+from .dialects import make_lock
 from .diff import Decision, Op, decide
 from .errors import Cancelled, EmpsyncError, LockHeld, TargetError
 from .events import BatchApplied, ChangeRecord, EventBus, RunCounts, RunReport, SyncFailed, SyncFinished, SyncStarted
-from .lock import SyncLock, make_lock
+from .lock import SyncLock
 from .mapping import RejectError, content_hash, map_document
 from .source import FirestoreSource, SourceDoc
-from .state import State, iso, parse_iso, utcnow
-from .store import MirrorStore, Planned, Rejected, naive_utc
+from .state import State, StateKey
+from .store import MirrorStore, Planned, Rejected
+from .times import iso, iso_precise, naive_utc, parse_iso, utcnow
 from .watermark import CorruptState, Watermark, margin, scope_of, stored_lag
 
 log = logging.getLogger("empsync.sync")
@@ -210,7 +211,7 @@ class SyncEngine:
 
     def next_due(self, values: dict[str, str | None] | None = None) -> datetime | None:
         values = self.state.get_all() if values is None else values
-        last = parse_iso(values.get(keys.LAST_SYNC_AT))
+        last = parse_iso(values.get(StateKey.LAST_SYNC_AT))
         if last is None:
             return None
         return last + timedelta(seconds=self.state.interval(values).seconds)
@@ -220,7 +221,7 @@ class SyncEngine:
         values = self.state.get_all()
         if not self.config.sync.enabled:
             return "sync is disabled ([sync] enabled = false or FIRESTORE_REALTIME_ENABLED=false)"
-        if values.get(keys.PAUSED) == "1":
+        if values.get(StateKey.PAUSED) == "1":
             return "sync is paused (resume it from the console, the API, or empsync resume)"
         next_at = self.next_due(values)
         if next_at is None:
@@ -317,7 +318,7 @@ class SyncEngine:
             if need_lock and lock is None:
                 own_lock = make_lock(self.db.engine, self.config.target.table)
                 if not own_lock.acquire():
-                    leader = self.state.get(keys.LEADER) or "another process"
+                    leader = self.state.get(StateKey.LEADER) or "another process"
                     raise LockHeld(
                         f"skipped: the sync lock is held by {leader}", "a service is running; it syncs on its own"
                     )
@@ -358,7 +359,7 @@ class SyncEngine:
     def _starting_point(self, values: dict[str, str | None], forced: bool) -> Watermark | None:
         """The stored watermark for this scope; a force run reads everything and needs none."""
         try:
-            return Watermark.loads(values.get(keys.WATERMARK), scope_of(self.config))
+            return Watermark.loads(values.get(StateKey.WATERMARK), scope_of(self.config))
         except CorruptState as exc:
             if not forced:
                 raise
@@ -368,7 +369,7 @@ class SyncEngine:
     def _full_read_at(self, values: dict[str, str | None]) -> datetime | None:
         """When the last complete read of this scope began (None if never, or for another scope)."""
         try:
-            raw = json.loads(values.get(keys.FULL_READ) or "null")
+            raw = json.loads(values.get(StateKey.FULL_READ) or "null")
             if isinstance(raw, dict) and raw.get("scope") == scope_of(self.config):
                 return parse_iso(raw.get("at"))
         except (ValueError, TypeError):
@@ -392,7 +393,7 @@ class SyncEngine:
             verify=result.forced,
             full_read_at=self._full_read_at(values),
             allow_mass_delete=allow_mass_delete,
-            lag=stored_lag(values, keys.COMMIT_LAG_MS),
+            lag=stored_lag(values, StateKey.COMMIT_LAG_MS),
             read_since=watermark.read_at if incremental and watermark else None,
         )
         result.run_id = run.run_id
@@ -458,7 +459,7 @@ class SyncEngine:
             lock=lock,
             verify=True,
             full_read_at=self._full_read_at(values),
-            lag=stored_lag(values, keys.COMMIT_LAG_MS),
+            lag=stored_lag(values, StateKey.COMMIT_LAG_MS),
         )
         result.run_id = run.run_id
         reads_before = self.source.meter.reads
@@ -498,11 +499,11 @@ class SyncEngine:
         self.state.finish_run(run.run_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else "")
         if schedule:
             # A blocked run still counts as the attempt: the schedule must not start another full read at once.
-            stamp: dict[str, Any] = {keys.LAST_SYNC_AT: iso(run.now), keys.LAST_STATUS: status}
-            stamp[keys.LAST_ERROR] = blocked.message[:500] if blocked else None
+            stamp: dict[str, Any] = {StateKey.LAST_SYNC_AT: iso(run.now), StateKey.LAST_STATUS: status}
+            stamp[StateKey.LAST_ERROR] = blocked.message[:500] if blocked else None
             if result.forced:
-                stamp[keys.LAST_FORCE_SYNC_AT] = iso(run.now)
-            self.state.set(**stamp)
+                stamp[StateKey.LAST_FORCE_SYNC_AT] = iso(run.now)
+            self.state.set(stamp)
         self.state.prune_changes(self.config.sync.audit_retention_days)
         result.duration_ms = duration_ms
         if blocked:
@@ -591,9 +592,9 @@ class SyncEngine:
                 watermark = self._cursor_after(docs[-1], run)
             checkpoint: dict[str, Any] = {}
             if watermark is not None:
-                checkpoint[keys.WATERMARK] = watermark.dumps(scope_of(self.config))
+                checkpoint[StateKey.WATERMARK] = watermark.dumps(scope_of(self.config))
             if run.lag_measured:
-                checkpoint[keys.COMMIT_LAG_MS] = int(run.lag.total_seconds() * 1000)
+                checkpoint[StateKey.COMMIT_LAG_MS] = int(run.lag.total_seconds() * 1000)
                 run.lag_measured = False
             if checkpoint:
                 self.state.put(conn, checkpoint)
@@ -762,14 +763,14 @@ class SyncEngine:
             if run.first_read_time is not None:
                 # Every change after the read began has a later timestamp: resume there.
                 start = run.first_read_time
-                checkpoint[keys.FULL_READ] = json.dumps({"at": iso_precise(start), "scope": scope_of(self.config)})
+                checkpoint[StateKey.FULL_READ] = json.dumps({"at": iso_precise(start), "scope": scope_of(self.config)})
                 resume = start - margin(self.config, run.lag)
                 if self.source.updated_path and (watermark is None or watermark.ts < resume):
-                    checkpoint[keys.WATERMARK] = Watermark(resume, read_at=start).dumps(scope_of(self.config))
+                    checkpoint[StateKey.WATERMARK] = Watermark(resume, read_at=start).dumps(scope_of(self.config))
             if checkpoint:
                 self.state.put(conn, checkpoint)
             if blocked is None:
-                self.state.forget_in(conn, keys.MASS_DELETE_GUARD)
+                self.state.forget_in(conn, StateKey.MASS_DELETE_GUARD)
             _check_lock(run)
         if blocked is not None:
             raise blocked
@@ -808,7 +809,7 @@ class SyncEngine:
                 "at": iso(utcnow()),
             }
             try:
-                self.state.set(**{keys.MASS_DELETE_GUARD: json.dumps(tripped)})
+                self.state.set({StateKey.MASS_DELETE_GUARD: json.dumps(tripped)})
             except EmpsyncError:
                 pass  # the run still ends failed with the message
         return MassDeleteBlocked(message, hint)
@@ -847,7 +848,7 @@ class SyncEngine:
             incremental=False,
             now=utcnow(),
             lock=self.lock,
-            lag=stored_lag(self.state.get_all(), keys.COMMIT_LAG_MS),
+            lag=stored_lag(self.state.get_all(), StateKey.COMMIT_LAG_MS),
         )
         run.started = run.now
         return run
@@ -933,7 +934,7 @@ class SyncEngine:
         log.error("Employee %s failed: %s", "rollback" if result.kind == "rollback" else "sync", result.reason)
         if result.kind != "rollback":  # the last sync's status says how syncing goes, not how a rollback went
             try:
-                self.state.set(**{keys.LAST_STATUS: "failed", keys.LAST_ERROR: result.reason[:500]})
+                self.state.set({StateKey.LAST_STATUS: "failed", StateKey.LAST_ERROR: result.reason[:500]})
             except EmpsyncError:
                 pass
         self.bus.emit(SyncFailed(utcnow(), result.run_id, result.kind, result.reason, result.hint))
@@ -995,11 +996,6 @@ def _repair_words(decision: Decision) -> str:
     if decision.op is Op.RESTORE:
         return "it was marked deleted" + (f"; {what}" if what else "")
     return what
-
-
-def iso_precise(moment: datetime) -> str:
-    """Naive-UTC ISO text with microseconds (``state.iso`` keeps whole seconds)."""
-    return naive_utc(moment).isoformat(timespec="microseconds") + "Z"
 
 
 def _would_change(plans: Iterable[Planned], rejected: Iterable[Rejected]) -> Iterator[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class EmpsyncError(Exception):
-    """Base of every expected failure. ``exit_code`` follows DESIGN §2."""
+    """Base of every expected failure. ``exit_code`` is the command's exit code (0 ok, 1 failed, 2 usage, 3 locked)."""
 
     exit_code = 1
 

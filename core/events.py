@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def frozen(value: Any) -> Any:
+    """A deep read-only copy of JSON-like data: mappings read-only, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: frozen(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,13 @@ class ChangeRecord:
 @dataclass(frozen=True)
 class BatchApplied(Event):
     run_id: int | None
-    counts: dict[str, int]
+    counts: Mapping[str, int]  # the run's counters so far, read-only
     changes: tuple[ChangeRecord, ...] = ()
     rejects: tuple[tuple[str, str], ...] = ()  # (document id, reason)
     new_rejects: tuple[str, ...] = ()  # the ids among rejects that were not rejected before
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", frozen(self.counts))
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,11 @@ class SyncFailed(Event):
 class StatusChanged(Event):
     state: str  # idle | syncing | paused | disabled | standby | error | listening | reconnecting | ...
     detail: str = ""
-    snapshot: dict[str, Any] = field(default_factory=dict)
+    # The service's snapshot (core/contracts.py Snapshot) when it changed: a deep read-only copy.
+    snapshot: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "snapshot", frozen(self.snapshot))
 
 
 @dataclass(frozen=True)

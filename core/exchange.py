@@ -18,7 +18,7 @@ from .engine import RunResult
 from .errors import EmpsyncError
 from .events import EventBus, RequestUpdate
 from .requests import Request, Requests
-from .state import utcnow
+from .times import utcnow
 
 log = logging.getLogger("empsync.service")
 
@@ -130,8 +130,9 @@ class Inbox:
             self._by_kind.setdefault(request.kind, []).append(request.id)
         else:
             self._by_ticket[ticket] = request.id
-        log.info("Took request #%d from %s (%s): a %s run", request.id, request.requested_by, request.trigger,
-                 request.kind)  # fmt: skip
+        log.info(
+            "Took request #%d from %s (%s): a %s run", request.id, request.requested_by, request.trigger, request.kind
+        )
 
     def held(self) -> list[int]:
         return [i for ids in self._by_kind.values() for i in ids] + list(self._by_ticket.values())

@@ -23,13 +23,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import state as keys
 from .backoff import backoff_delay
 from .engine import SyncEngine, newest_per_id
 from .errors import EmpsyncError
 from .listen import Listener, LiveItem
-from .state import utcnow
-from .store import naive_utc
+from .state import StateKey
+from .times import naive_utc, utcnow
 from .watermark import Watermark, scope_of, stored_lag
 
 log = logging.getLogger("empsync.listen")
@@ -152,8 +151,8 @@ class LiveMirror:
                 log.warning("Listener fell behind: catching up with a run before listening again")
                 self.catch_up()
             values = self.engine.state.get_all()
-            watermark = Watermark.loads(values.get(keys.WATERMARK), scope_of(self.engine.config))
-            self.listener.max_lag = max(self.listener.max_lag, stored_lag(values, keys.COMMIT_LAG_MS))
+            watermark = Watermark.loads(values.get(StateKey.WATERMARK), scope_of(self.engine.config))
+            self.listener.max_lag = max(self.listener.max_lag, stored_lag(values, StateKey.COMMIT_LAG_MS))
             self.listener.subscribe(watermark)
         except EmpsyncError as exc:
             self._failed(exc.message)

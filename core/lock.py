@@ -4,7 +4,8 @@ Each target's lock lives in its dialect module (``core.dialects``): a named
 lock held by a dedicated connection on a server (MySQL's ``GET_LOCK``,
 PostgreSQL's advisory lock), which dies with the process or the connection
 (kill -9 included), or ``flock`` on a file beside an SQLite database, which
-the kernel releases the same way. The kinds of lock are here.
+the kernel releases the same way. The kinds of lock are here; a table's lock
+comes from ``core.dialects.make_lock``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-
-from . import dialects
 
 
 class SyncLock:
@@ -159,11 +158,6 @@ class ProcessLock(SyncLock):
         if self._held:
             self._lock.release()
             self._held = False
-
-
-def make_lock(engine: Engine, table: str) -> SyncLock:
-    """The sync lock for a table, of the kind its database has."""
-    return dialects.of(engine).make_lock(engine, table)
 
 
 def file_lock(engine: Engine, table: str) -> SyncLock:

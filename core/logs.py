@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 import time
-from datetime import UTC, datetime
 
 from .safe import json_safe, terminal_safe
+from .times import from_timestamp, iso_precise
 
 _secrets: set[str] = set()
 
@@ -145,9 +145,7 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": iso_precise(from_timestamp(record.created), "milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -18,10 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the mapping is pure: it needs no configuration module at run time
-    from .config import FieldSpec
+from typing import Any
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _ZERO = timedelta(0)
@@ -37,6 +34,21 @@ _INT64_DIGITS = 19
 
 class Invalid(ValueError):
     """A value that breaks its field's rule; the message says how."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One mapped Firestore field: where it is read from and how it is stored."""
+
+    path: str
+    type: str = "string"
+    column: str = ""
+    required: bool = False
+    max_length: int = 255
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.path.split("."))
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,7 @@ def to_date(value: Any) -> date:
 
 
 def json_ready(value: Any) -> Any:
-    """Firestore values as plain JSON values (DESIGN §3, type json)."""
+    """Firestore values as plain JSON values (the ``json`` field type)."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):

@@ -47,7 +47,8 @@ from .errors import ConfigError
 from .events import BatchApplied, Event, NotificationSent, StatusChanged, SyncFailed, SyncFinished
 from .logs import scrub
 from .safe import terminal_safe
-from .state import iso, utcnow, whoami
+from .state import whoami
+from .times import iso, utcnow
 
 log = logging.getLogger("empsync.notify")
 

@@ -26,16 +26,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from . import state as keys
 from .db import Database, insert_rows
 from .errors import EmpsyncError
 from .logs import add_filters, record_text
-from .state import State, parse_iso, utcnow
+from .state import State, StateKey
+from .times import from_timestamp, iso_precise, parse_iso, utcnow
 
 log = logging.getLogger("empsync.presence")
 
@@ -68,9 +68,9 @@ def live_leader(values: Mapping[str, str | None]) -> LiveLeader | None:
     A view written by any other process (one that lost the lock and wrote a
     last time after its successor took over) is not the leader's.
     """
-    leader = values.get(keys.LEADER)
+    leader = values.get(StateKey.LEADER)
     try:
-        raw = json.loads(values.get(keys.LEADER_LIVE) or "null")
+        raw = json.loads(values.get(StateKey.LEADER_LIVE) or "null")
     except ValueError:
         return None
     if not leader or not isinstance(raw, dict) or raw.get("service") != leader:
@@ -97,7 +97,7 @@ class LogBuffer(logging.Handler):
         try:
             text = record_text(self.formatter, record)  # type: ignore[arg-type]  # as the console shows its own
             line = {
-                "at": datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
+                "at": from_timestamp(record.created),
                 "service": self.service,
                 "level": record.levelname[:16],
                 "logger": record.name[:100],
@@ -234,7 +234,7 @@ class Publisher:
         shown = body
         if len(body) > MAX_VIEW:  # a state value has room for a few kB; keep what a console needs most
             shown = json.dumps({k: view.get(k) for k in ESSENTIAL}, sort_keys=True, default=str)
-        stamp = utcnow().isoformat(timespec="milliseconds") + "Z"
+        stamp = iso_precise(utcnow(), "milliseconds")
         live = f'{{"service": {json.dumps(self.service)}, "at": "{stamp}", "snapshot": {shown}}}'
-        self.state.set(**{keys.LEADER_LIVE: live})
+        self.state.set({StateKey.LEADER_LIVE: live})
         self._last_body, self._last_write = body, now

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import requests as req
-from . import state as keys
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError, LockHeld
 from .presence import LIVE_S, live_leader
 from .requests import Request, Requests
-from .state import whoami
+from .state import StateKey, whoami
 
 CLAIM_WAIT_S = 5.0
 POLL_S = 0.25
@@ -69,7 +68,7 @@ def a_service_may_answer(engine: SyncEngine) -> bool:
     neither, so asking it would only cost ``CLAIM_WAIT_S`` of waiting.
     """
     values = engine.state.get_all()
-    return bool(values.get(keys.LEADER)) or live_leader(values) is not None
+    return bool(values.get(StateKey.LEADER)) or live_leader(values) is not None
 
 
 def ask_leader(
@@ -177,7 +176,7 @@ def _doing(snapshot: dict[str, Any]) -> str:
 def _no_leader(engine: SyncEngine, row: int) -> tuple[str, str]:
     values = engine.state.get_all()
     live = live_leader(values)
-    holder = values.get(keys.LEADER)
+    holder = values.get(StateKey.LEADER)
     if live is not None:
         why = f"the leader {live.service} last answered at {live.at.isoformat(timespec='seconds')}Z"
     elif holder:

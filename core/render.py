@@ -1,4 +1,4 @@
-"""Plain-text renderings for the one-shot commands (the JSON forms need none).
+"""What the one-shot commands print: plain-text renderings, and the JSON forms as they are.
 
 Every string a renderer shows may come from a document (ids, values, reasons
 quoting them): each goes through ``safe_values`` first, so a control character
@@ -7,12 +7,23 @@ is printed escaped and a newline in a value never starts a line of its own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-from .safe import safe_values
-from .state import iso
+from .safe import json_safe, safe_values, terminal_safe
+from .times import iso
+
+
+def emit_json(data: Any) -> None:
+    """A command's JSON result: exact values, but never a raw control character on the terminal."""
+    print(json_safe(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
+
+
+def emit_text(text: str) -> None:
+    """A command's text result; the renderers escape each value, this keeps the whole terminal-safe."""
+    print(terminal_safe(text, multiline=True))
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from .db import Database
-from .state import utcnow
+from .times import utcnow
 
 QUEUED, CLAIMED, RUNNING, DONE, FAILED, EXPIRED = "queued", "claimed", "running", "done", "failed", "expired"
 FINAL = (DONE, FAILED, EXPIRED)
@@ -147,20 +147,26 @@ class Requests:
         """Take the queued requests, oldest first; each is taken by exactly one claimer.
 
         Requests older than ``TTL_S`` are expired instead: whoever asked has long
-        stopped waiting, and a run now would surprise them.
+        stopped waiting, and a run now would surprise them. With nothing queued
+        (a leader looks every second) this is one indexed read and no write.
         """
         now = now or utcnow()
         t = self.t
-        with self.db.begin() as conn:
-            conn.execute(
-                update(t)
-                .where(t.c.status == QUEUED, t.c.requested_at < now - timedelta(seconds=TTL_S))
-                .values(status=EXPIRED, finished_at=now)
-            )
-            ids = conn.execute(select(t.c.id).where(t.c.status == QUEUED).order_by(t.c.id).limit(CLAIM_BATCH)).scalars()
-            ids = list(ids)
+        with self.db.connect() as conn:
+            queued = conn.execute(
+                select(t.c.id, t.c.requested_at).where(t.c.status == QUEUED).order_by(t.c.id).limit(CLAIM_BATCH)
+            ).all()
+        if not queued:
+            return []
+        oldest = now - timedelta(seconds=TTL_S)
+        stale = [r.id for r in queued if r.requested_at < oldest]
+        if stale:
+            with self.db.begin() as conn:
+                conn.execute(
+                    update(t).where(t.c.id.in_(stale), t.c.status == QUEUED).values(status=EXPIRED, finished_at=now)
+                )
         taken = []
-        for request_id in ids:
+        for request_id in (r.id for r in queued if r.requested_at >= oldest):
             with self.db.begin() as conn:
                 won = conn.execute(
                     update(t)

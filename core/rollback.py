@@ -28,15 +28,15 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
-from . import state as keys
 from .config import DELETED_AT_COLUMN, HASH_COLUMN, SYNCED_AT_COLUMN, UPDATE_TIME_COLUMN
 from .db import insert_rows, upsert
 from .diff import Op
 from .errors import EmpsyncError
 from .events import BatchApplied, ChangeRecord, SyncFinished, SyncStarted
 from .mapping import content_hash, display
-from .state import iso, utcnow
+from .state import StateKey
 from .store import ID_CHUNK, row_json
+from .times import iso, utcnow
 
 log = logging.getLogger("empsync.rollback")
 
@@ -227,6 +227,12 @@ class Rollback:
         elif op in ("insert", "repair"):  # the row was not there before (a repair re-inserted a missing one)
             row.exists = False
         elif op == "delete":
+            if not old and not row.exists:
+                raise RollbackRefused(
+                    f"run #{entry['run_id']} hard-deleted {entry['document_id']!r} before empsync kept a deleted "
+                    "row's values in the audit: it cannot be put back",
+                    "a force run brings it back if its document still exists",
+                )
             row.exists, row.deleted_at = True, None
             if old:  # the values it had, kept by the delete: the row may be gone (a hard delete)
                 for key, text in json.loads(old).items():
@@ -276,7 +282,7 @@ class Rollback:
                     held = [{"document_id": i, "run_id": result.run_id, "held_at": now} for i in plan.changed]
                     upsert(conn, self.t.holds, held, update=["run_id", "held_at"])
                 else:
-                    state.put(conn, {keys.PAUSED: "1"})
+                    state.put(conn, {StateKey.PAUSED: "1"})
                 state.record_progress(conn, result.run_id, counts.as_dict())
                 if lock is not None and not lock.still_held():
                     raise EmpsyncError("lost the sync lock (its database connection ended): nothing was rolled back")

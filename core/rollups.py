@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from .state import iso
+from .contracts import Rollup
+from .times import iso
 
 HOURS = 48  # hourly buckets kept in stats
 DAYS = 30  # daily buckets
@@ -56,7 +57,7 @@ def _bucket(moment: datetime, hours: int) -> datetime:
 
 def rollup(
     runs: Iterable[Mapping[str, Any]], lags: Iterable[Mapping[str, Any]], now: datetime, *, hours: int, count: int
-) -> list[dict[str, Any]]:
+) -> list[Rollup]:
     """``count`` buckets of ``hours`` hours (1 or 24), oldest first, ending with the one holding ``now``."""
     last = _bucket(now, hours)
     starts = [last - timedelta(hours=hours * i) for i in reversed(range(count))]
@@ -80,14 +81,21 @@ def rollup(
         i = index.get(_bucket(lag["hour"], hours))
         if i is not None and lag.get("samples"):
             buckets[i]["_lag"].append(lag)
-    out = []
+    out: list[Rollup] = []
     for b in buckets:
-        durations, lag = b.pop("_durations"), b.pop("_lag")
-        b["start"] = iso(b["start"])
-        b["duration_p50_ms"] = percentile(durations, 0.5)
-        b["duration_p95_ms"] = percentile(durations, 0.95)
-        b["lag_samples"] = sum(row["samples"] for row in lag)
-        b["lag_p50_ms"] = _weighted([(row["p50_ms"], row["samples"]) for row in lag], 0.5)
-        b["lag_p95_ms"] = _weighted([(row["p95_ms"], row["samples"]) for row in lag], 0.95)
-        out.append(b)
+        durations, lag = b["_durations"], b["_lag"]
+        out.append(
+            {
+                "start": iso(b["start"]),
+                "runs": b["runs"],
+                "failed": b["failed"],
+                "changed": b["changed"],
+                "reads": b["reads"],
+                "duration_p50_ms": percentile(durations, 0.5),
+                "duration_p95_ms": percentile(durations, 0.95),
+                "lag_samples": sum(row["samples"] for row in lag),
+                "lag_p50_ms": _weighted([(row["p50_ms"], row["samples"]) for row in lag], 0.5),
+                "lag_p95_ms": _weighted([(row["p95_ms"], row["samples"]) for row in lag], 0.95),
+            }
+        )
     return out

@@ -7,6 +7,10 @@ in ``core.dialects`` says how; the types here ask it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,9 +27,11 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine import Engine
+from sqlalchemy.schema import DefaultClause
 from sqlalchemy.sql import sqltypes
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from . import dialects
 from .config import (
@@ -34,31 +40,33 @@ from .config import (
     SYNCED_AT_COLUMN,
     UPDATE_TIME_COLUMN,
     Config,
-    FieldSpec,
 )
 from .dialects.base import MAX_ID_BYTES
 from .errors import SchemaError
+from .mapping import FieldSpec
+
+T = TypeVar("T")
 
 
-class DocumentId(TypeDecorator):
+class DocumentId(TypeDecorator[str]):
     """A Firestore document id, compared byte for byte on every database."""
 
     impl = String(MAX_ID_BYTES)
     cache_ok = True
 
-    def load_dialect_impl(self, dialect):
+    def load_dialect_impl(self, dialect: SADialect) -> TypeEngine[Any]:
         return dialect.type_descriptor(dialects.of(dialect).id_type)
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: str | None, dialect: SADialect) -> Any:
         return None if value is None else dialects.of(dialect).id_to_db(value)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: Any, dialect: SADialect) -> str | None:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value).decode("utf-8", "surrogatepass")
-        return value
+        return cast(str | None, value)
 
 
-def _per_dialect(default, kind: str):
+def _per_dialect(default: TypeEngine[T], kind: str) -> TypeEngine[T]:
     """``default``, or the type each dialect gives for this kind of column where it differs."""
     chosen = default
     for dialect in dialects.registered():
@@ -68,17 +76,17 @@ def _per_dialect(default, kind: str):
     return chosen
 
 
-def Timestamp():  # noqa: N802 - reads like the type it makes
+def Timestamp() -> TypeEngine[datetime]:  # noqa: N802 - reads like the type it makes
     """Naive UTC datetimes with microseconds."""
     return _per_dialect(DateTime(), "timestamp_type")
 
 
-def LongText():  # noqa: N802
+def LongText() -> TypeEngine[str]:  # noqa: N802
     return _per_dialect(Text(), "long_text_type")
 
 
-def column_type(spec: FieldSpec):
-    return {
+def column_type(spec: FieldSpec) -> TypeEngine[Any]:
+    makers: dict[str, Callable[[], TypeEngine[Any]]] = {
         "string": lambda: String(spec.max_length),
         "text": LongText,
         "integer": BigInteger,
@@ -87,7 +95,8 @@ def column_type(spec: FieldSpec):
         "datetime": Timestamp,
         "date": Date,
         "json": LongText,
-    }[spec.type]()
+    }
+    return makers[spec.type]()
 
 
 # Which reflected column types each field type can live in.
@@ -108,7 +117,7 @@ TABLE_OPTIONS = {k: v for dialect in dialects.registered() for k, v in dialect.t
 BigId = _per_dialect(BigInteger(), "serial_id_type")
 
 
-def prefix_index(length: int) -> dict:
+def prefix_index(length: int) -> dict[str, Any]:
     """Index options that keep only a prefix of a column, where a database has them."""
     return {k: v for dialect in dialects.registered() for k, v in dialect.prefix_index(length).items()}
 
@@ -249,7 +258,7 @@ class Tables:
         )
 
     @property
-    def id(self) -> Column:
+    def id(self) -> Column[Any]:
         return self.mirror.c[self.config.target.id_column]
 
     @property
@@ -287,7 +296,7 @@ class Tables:
             _add_columns(engine, table, [c for c in table.columns if c.name.lower() not in have])
 
 
-def _add_columns(engine: Engine, table: Table, columns: list[Column]) -> None:
+def _add_columns(engine: Engine, table: Table, columns: list[Column[Any]]) -> None:
     if not columns:
         return
     preparer = engine.dialect.identifier_preparer
@@ -295,7 +304,7 @@ def _add_columns(engine: Engine, table: Table, columns: list[Column]) -> None:
         for column in columns:
             ddl = column.type.compile(dialect=engine.dialect)
             default = column.server_default
-            tail = f"NOT NULL DEFAULT {default.arg}" if default is not None else "NULL"
+            tail = f"NOT NULL DEFAULT {default.arg}" if isinstance(default, DefaultClause) else "NULL"
             conn.execute(
                 text(
                     f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} {ddl} {tail}"
@@ -303,7 +312,7 @@ def _add_columns(engine: Engine, table: Table, columns: list[Column]) -> None:
             )
 
 
-def _check_compatible(table: str, spec: FieldSpec, reflected) -> None:
+def _check_compatible(table: str, spec: FieldSpec, reflected: TypeEngine[Any]) -> None:
     if not isinstance(reflected, COMPATIBLE[spec.type]):
         raise SchemaError(
             f"column {table}.{spec.column} is {reflected} but fields.{spec.path} is type {spec.type}",

@@ -1,8 +1,8 @@
 """The sync service: one worker thread driven by ``schedule``, hosted by every face.
 
-The worker owns the engine, the leadership lock and a private
-``schedule.Scheduler`` (a normal run every ``interval``, a force run every
-``force_interval``). Faces call the small API below from any thread; each
+The worker owns the engine, the leadership lock and a timetable (a normal
+run every ``interval``, a force run every ``force_interval``, due times kept
+in UTC: core/timetable.py). Faces call the small API below from any thread; each
 call only queues a command and returns at once. Runs happen on the worker
 thread, so two never overlap, and a tick missed while a run was busy runs
 once, not once per missed interval.
@@ -16,28 +16,30 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
-
-import schedule
+from typing import Any, cast
 
 from . import requests as req
-from . import state as keys
 from .backoff import backoff_delay
 from .config import Config, check_interval
+from .contracts import CurrentRun, LeaderView, LiveView, Snapshot, Stats, Status, TicketJson
+from .dialects import make_lock
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
 from .events import BatchApplied, Event, EventBus, StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from .exchange import Inbox, Outbox
+from .face import RollbackOptions, Ticket
 from .live import LiveMirror
-from .lock import SyncLock, make_lock
+from .lock import SyncLock
 from .notify import Notifier
 from .presence import Publisher, SharedLog, live_leader
 from .requests import Request, Requests
-from .state import iso, parse_iso, utcnow, whoami
+from .state import StateKey, StateValue, whoami
 from .status import build_stats, build_status
+from .times import iso, parse_iso, utcnow
+from .timetable import JobKind, Timetable
 
 log = logging.getLogger("empsync.service")
 
@@ -64,35 +66,46 @@ ONE_OFF_KINDS = ("ids", "rollback")
 RUN_KINDS = ("normal", "force", *ONE_OFF_KINDS)  # the request kinds this version runs
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """What a trigger queued: faces show it, the API returns it."""
+@dataclass
+class Live:
+    """This service's own view of itself, changed under the snapshot lock; ``view()`` is its JSON."""
 
-    request_id: int
-    kind: str  # normal | force
-    trigger: str
-    queued_at: datetime
-    allow_mass_delete: bool = False
-    ids: tuple[str, ...] = ()  # a run of kind ids: exactly these documents
-    # A rollback: {"run": N, "hold": bool, "cascade": bool}.
-    rollback: dict[str, Any] | None = None
-    # Sent to the leading process through the database: this one does not lead.
-    forwarded: bool = False
+    service: str  # host:pid
+    attached: bool
+    interval: int
+    interval_source: str
+    state: str = "starting"
+    detail: str = ""
+    is_leader: bool = False
+    leader: str | None = None
+    paused: bool = False
+    current_run: CurrentRun | None = None
+    last_result: dict[str, Any] | None = None
+    failures: int = 0
+    retry_at: str | None = None
+    pending: list[TicketJson] = field(default_factory=list)  # replaced, never changed in place
+    next_sync_at: str | None = None
+    next_force_sync_at: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "request_id": self.request_id,
-            "kind": self.kind,
-            "trigger": self.trigger,
-            "queued_at": iso(self.queued_at),
-            "allow_mass_delete": self.allow_mass_delete,
-            "forwarded": self.forwarded,
+    def view(self) -> LiveView:
+        return {
+            "state": self.state,
+            "detail": self.detail,
+            "is_leader": self.is_leader,
+            "service": self.service,
+            "current_run": self.current_run,
+            "last_result": self.last_result,
+            "failures": self.failures,
+            "retry_at": self.retry_at,
+            "pending": self.pending,
+            "attached": self.attached,
+            "interval": self.interval,
+            "interval_source": self.interval_source,
+            "paused": self.paused,
+            "leader": self.leader,
+            "next_sync_at": self.next_sync_at,
+            "next_force_sync_at": self.next_force_sync_at,
         }
-        if self.ids:
-            out["ids"] = len(self.ids)
-        if self.rollback:
-            out.update(self.rollback)
-        return out
 
 
 class SyncService:
@@ -122,25 +135,15 @@ class SyncService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock: SyncLock | None = None
-        self._scheduler = schedule.Scheduler()
+        self._timetable = Timetable(self._tick)
         self._ids = itertools.count(1)
         self._snapshot_lock = threading.Lock()
-        self._live: dict[str, Any] = {
-            "state": "starting",
-            "detail": "",
-            "is_leader": False,
-            "service": self.identity,
-            "current_run": None,
-            "last_result": None,
-            "failures": 0,
-            "retry_at": None,
-            "pending": [],
-            "attached": attach,
-        }
-        self._leader_view: dict[str, Any] | None = None  # the leader's published view, while this one does not lead
-        self._db_status: dict[str, Any] = {}
+        self._live = Live(self.identity, attach, config.sync.interval, config.interval_source)
+        self._leader_view: LeaderView | None = None  # the leader's published view, while this one does not lead
+        self._db_status: Status | None = None  # None until the database is first read
+        self._db_error: str | None = None  # why the last read of it failed
         self._rollups_due = 0.0
-        self._stats: dict[str, Any] = {}
+        self._stats: Stats | None = None
         self._interval = config.sync.interval
         self._interval_source = config.interval_source
         self._paused = False
@@ -199,15 +202,15 @@ class SyncService:
 
     def rollback(self, run: int, *, hold: bool = False, cascade: bool = False, trigger: str = "api") -> Ticket:
         """Roll run ``run`` back on the worker, which holds the lock (see ``core.rollback``)."""
-        return self._queue_run("rollback", trigger, rollback={"run": run, "hold": hold, "cascade": cascade})
+        return self._queue_run("rollback", trigger, rollback=RollbackOptions(run, hold, cascade))
 
     def set_interval(self, seconds: int) -> int:
         """Validate now (a clear refusal outside 10..86,400), store on the worker."""
         check_interval(seconds)
         self._commands.put(("interval", seconds))
         with self._snapshot_lock:
-            self._live["interval"] = seconds
-            self._live["interval_source"] = "database"
+            self._live.interval = seconds
+            self._live.interval_source = "database"
         return seconds
 
     def pause(self) -> None:
@@ -250,7 +253,7 @@ class SyncService:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """The status: the database's view, overlaid with this service's live view.
 
         While another process leads, ``leader_view`` holds what it last published
@@ -258,11 +261,17 @@ class SyncService:
         """
         listen = self._live_mirror.status() if self._live_mirror is not None else {}
         with self._snapshot_lock:
-            return {**self._db_status, **self._live, **listen, "leader_view": self._leader_view}
+            status: dict[str, Any] = dict(self._db_status or {})
+            if self._db_error is not None:
+                status["last_error"] = self._db_error
+            merged = {**status, **self._live.view(), **listen, "leader_view": self._leader_view}
+        # The status's keys are missing until the database has been read once (the Snapshot docstring).
+        return cast(Snapshot, merged)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
+        """The stats as last read (every minute for the hourly and daily figures); empty until the first read."""
         with self._snapshot_lock:
-            return dict(self._stats)
+            return cast(Stats, dict(self._stats or {}))
 
     def _queue_run(
         self,
@@ -270,13 +279,13 @@ class SyncService:
         trigger: str,
         allow_mass_delete: bool = False,
         ids: tuple[str, ...] = (),
-        rollback: dict[str, Any] | None = None,
+        rollback: RollbackOptions | None = None,
     ) -> Ticket:
         forwarded = self.attach or not self.is_leader  # the leader runs it: this process asks it to
         ticket = Ticket(next(self._ids), kind, trigger, utcnow(), allow_mass_delete, ids, rollback, forwarded)
         self._commands.put(("run", ticket))
         with self._snapshot_lock:
-            self._live["pending"] = [*self._live["pending"], ticket.to_json()]
+            self._live.pending = [*self._live.pending, ticket.to_json()]
         return ticket
 
     # -- the worker thread -----------------------------------------------------
@@ -359,12 +368,12 @@ class SyncService:
         self._run(kind, "catch-up", scheduled=False)
 
     def _on_listen_state(self, state: str, detail: str) -> None:
-        if not self._stop.is_set() and self._live["state"] not in ("syncing", "stopped"):
+        if not self._stop.is_set() and self._live.state not in ("syncing", "stopped"):
             self._set_state(self._idle_state(), detail)
 
     @property
     def is_leader(self) -> bool:
-        return self._lock is not None and self._live["is_leader"]
+        return self._lock is not None and self._live.is_leader
 
     def _drain_commands(self, timeout: float = 0.0, runs: bool = True) -> None:
         """Handle queued commands; with ``runs`` False (inside a run) only the quick ones."""
@@ -378,14 +387,14 @@ class SyncService:
             if name == "run":
                 self._forward(arg) if arg.forwarded else self._add_pending(arg)
             elif name == "interval":
-                self._store(**{keys.INTERVAL: arg})
+                self._store({StateKey.INTERVAL: arg})
                 self._apply_interval(arg, "database")
                 log.info("Interval set to %d s", arg)
             elif name == "paused":
-                self._store(**{keys.PAUSED: "1" if arg else "0"})
+                self._store({StateKey.PAUSED: "1" if arg else "0"})
                 self._paused = arg
                 with self._snapshot_lock:
-                    self._live["paused"] = arg
+                    self._live.paused = arg
                 self._update_next_times()
                 log.info("Scheduled runs %s", "paused" if arg else "resumed")
                 self._set_state(self._idle_state())
@@ -395,7 +404,7 @@ class SyncService:
                 return
 
     def _record_notify(self, outcome: dict[str, Any]) -> None:
-        self.engine.state.set(**{keys.NOTIFY: json.dumps(outcome)})
+        self.engine.state.set({StateKey.NOTIFY: json.dumps(outcome)})
 
     def _add_pending(self, ticket: Ticket) -> None:
         if ticket.kind in ONE_OFF_KINDS:
@@ -410,9 +419,9 @@ class SyncService:
         if current is not None:
             self._drop_pending_ticket(ticket)
 
-    def _store(self, **values: Any) -> None:
+    def _store(self, values: Mapping[StateKey, StateValue]) -> None:
         try:
-            self.engine.state.set(**values)
+            self.engine.state.set(values)
         except EmpsyncError as exc:
             log.error("could not store %s: %s", ", ".join(values), exc.message)
 
@@ -432,19 +441,21 @@ class SyncService:
 
     def _forward(self, ticket: Ticket) -> None:
         """A face's run request, while another process leads: queue it for the leader."""
-        sent = self._outbox.send(ticket.request_id, ticket.kind, ticket.trigger, _payload(ticket), self._live["leader"])
+        sent = self._outbox.send(ticket.request_id, ticket.kind, ticket.trigger, _payload(ticket), self._live.leader)
         if not sent:
             self._drop_pending_ticket(ticket)
 
     def _note_request(self, ticket: int, row: int, status: str, leader: str | None) -> None:
         """The pending list follows a request sent to the leader, until it ends."""
         with self._snapshot_lock:
-            pending = self._live["pending"]
+            pending = self._live.pending
             if status in req.FINAL:
-                self._live["pending"] = [p for p in pending if p["request_id"] != ticket]
+                self._live.pending = [p for p in pending if p["request_id"] != ticket]
             else:
-                update = {"request": row, "status": status, "leader": leader}
-                self._live["pending"] = [{**p, **update} if p["request_id"] == ticket else p for p in pending]
+                self._live.pending = [
+                    {**p, "request": row, "status": status, "leader": leader} if p["request_id"] == ticket else p
+                    for p in pending
+                ]
 
     def _accept(self, request: Request) -> None:
         """A request taken from another process becomes a ticket, as a face of this one would queue."""
@@ -456,7 +467,7 @@ class SyncService:
             return
         self._inbox.hold(request, ticket.request_id, coalesces=ticket.kind not in ONE_OFF_KINDS)
         with self._snapshot_lock:
-            self._live["pending"] = [*self._live["pending"], {**ticket.to_json(), "request": request.id}]
+            self._live.pending = [*self._live.pending, {**ticket.to_json(), "request": request.id}]
         self._add_pending(ticket)
 
     def _release_requests(self) -> None:
@@ -468,7 +479,7 @@ class SyncService:
         """What the publisher writes for other processes: this process's live view."""
         listen = self._live_mirror.status() if self._live_mirror is not None else {}
         with self._snapshot_lock:
-            return {**self._live, **listen}
+            return {**self._live.view(), **listen}
 
     def _leads(self) -> bool:
         return self.is_leader and not self._stop.is_set()
@@ -485,22 +496,22 @@ class SyncService:
         except Exception as exc:  # noqa: BLE001 - driver errors while the server is away
             raise EmpsyncError(f"cannot reach the database for the sync lock ({type(exc).__name__})") from None
         if not got:
-            leader = self.engine.state.get(keys.LEADER) or "another process"
+            leader = self.engine.state.get(StateKey.LEADER) or "another process"
             with self._snapshot_lock:
-                self._live["is_leader"] = False
-                self._live["leader"] = leader
+                self._live.is_leader = False
+                self._live.leader = leader
             self._set_state("standby", f"{leader} leads")
             return
         try:
-            self.engine.state.set(**{keys.LEADER: self.identity})
+            self.engine.state.set({StateKey.LEADER: self.identity})
             closed = self.engine.state.close_interrupted_runs()
             requeued, cut_off = self.requests.recover(self._inbox.held(), _interrupted)
         except EmpsyncError:
             self._lock.release()  # lead only with the bookkeeping done; the next try starts over
             raise
         with self._snapshot_lock:
-            self._live["is_leader"] = True
-            self._live["leader"] = self.identity
+            self._live.is_leader = True
+            self._live.leader = self.identity
             self._leader_view = None
         if closed:
             log.warning("Marked %d run(s) left by a stopped process as interrupted", closed)
@@ -518,7 +529,7 @@ class SyncService:
         if self._lock is not None and not self._lock.still_held():
             log.error("Lost the sync lock (database connection lost): syncing stops until it is regained")
             with self._snapshot_lock:
-                self._live["is_leader"] = False
+                self._live.is_leader = False
             self._release_requests()
             if self._live_mirror is not None:
                 self._live_mirror.stop("interrupted", "lost the sync lock")
@@ -529,11 +540,11 @@ class SyncService:
             self._live_mirror.stop("ok" if why == "stopped" else "interrupted", why)
         if self._lock is None:
             return
-        if self._live["is_leader"]:
+        if self._live.is_leader:
             self._release_requests()
             try:
-                if self.engine.state.get(keys.LEADER) == self.identity:
-                    self.engine.state.forget(keys.LEADER, keys.LEADER_LIVE)
+                if self.engine.state.get(StateKey.LEADER) == self.identity:
+                    self.engine.state.forget(StateKey.LEADER, StateKey.LEADER_LIVE)
             except EmpsyncError:
                 pass
         try:
@@ -541,31 +552,28 @@ class SyncService:
         except Exception:  # noqa: BLE001 - the server drops the lock with the connection anyway
             pass
         with self._snapshot_lock:
-            self._live["is_leader"] = False
+            self._live.is_leader = False
         log.info("Released the sync lock (%s)", why)
 
     # -- schedule --------------------------------------------------------------
 
     def _reschedule(self) -> None:
-        """(Re)create the two jobs, aligned with the runs that already happened."""
+        """(Re)plan the two jobs, aligned with the runs that already happened."""
         values = self._state_values()
         if values is None:  # the database is away: keep the current plan, if there is one
-            if self._scheduler.get_jobs():
+            if self._timetable:
                 return
             values = {}
-        self._scheduler.clear()
         interval, force_interval = self._interval, self.config.sync.force_interval
-        normal = self._scheduler.every(interval).seconds.do(self._tick, force=False)
-        force = self._scheduler.every(force_interval).seconds.do(self._tick, force=True)
-        normal.next_run = _local(_next(values.get(keys.LAST_SYNC_AT), interval))
-        force.next_run = _local(_next(values.get(keys.LAST_FORCE_SYNC_AT), force_interval))
+        self._timetable.plan("normal", interval, _next(values.get(StateKey.LAST_SYNC_AT), interval))
+        self._timetable.plan("force", force_interval, _next(values.get(StateKey.LAST_FORCE_SYNC_AT), force_interval))
         self._update_next_times()
 
     def _apply_interval(self, seconds: int, source: str) -> None:
         changed = seconds != self._interval
         self._interval, self._interval_source = seconds, source
         with self._snapshot_lock:
-            self._live["interval"], self._live["interval_source"] = seconds, source
+            self._live.interval, self._live.interval_source = seconds, source
         if changed and self.is_leader:
             self._reschedule()
 
@@ -579,25 +587,25 @@ class SyncService:
             if setting.seconds != self._interval:
                 log.info("Interval is now %d s (from %s)", setting.seconds, setting.source)
             self._apply_interval(setting.seconds, setting.source)
-        paused = values.get(keys.PAUSED) == "1"
+        paused = values.get(StateKey.PAUSED) == "1"
         if paused != self._paused:
             self._paused = paused
             with self._snapshot_lock:
-                self._live["paused"] = paused
+                self._live.paused = paused
             self._update_next_times()
             log.info("Scheduled runs %s", "paused" if paused else "resumed")
         if not self.is_leader:
-            leader = values.get(keys.LEADER)
+            leader = values.get(StateKey.LEADER)
             live = live_leader(values)
-            view = None
+            view: LeaderView | None = None
             if live is not None:
                 view = {"service": live.service, "at": iso(live.at), "fresh": live.fresh(), "snapshot": live.snapshot}
             with self._snapshot_lock:
-                self._live["leader"] = leader
+                self._live.leader = leader
                 self._leader_view = view
             if self.attach:
                 self._set_state("attached", f"leader {leader}" if view and view["fresh"] else "no live leader")
-        elif self._live["state"] in ("idle", "paused", "disabled"):
+        elif self._live.state in ("idle", "paused", "disabled"):
             self._set_state(self._idle_state())
 
     def _state_values(self) -> dict[str, str | None] | None:
@@ -614,17 +622,17 @@ class SyncService:
             self._retry_at = None
             self._run("force" if self._retry_force else "normal", "retry", scheduled=True)
             return
-        self._scheduler.run_pending()
+        self._timetable.run_pending()
         self._update_next_times()
 
-    def _tick(self, force: bool) -> None:
+    def _tick(self, kind: JobKind) -> None:
         if self._retry_at is not None:
             return  # backing off after a failure: the retry timer owns the next attempt
-        if not force and self.listening_mode and self._live_mirror is not None and self._live_mirror.healthy:
+        if kind == "normal" and self.listening_mode and self._live_mirror is not None and self._live_mirror.healthy:
             return  # the listener keeps the table current; polls take over only when it is down
-        if not force and any(j.should_run for j in self._scheduler.get_jobs() if j.job_func.keywords.get("force")):
+        if kind == "normal" and self._timetable.is_due("force"):
             return  # the force run due now covers this one
-        self._run("force" if force else "normal", "schedule", scheduled=True)
+        self._run(kind, "schedule", scheduled=True)
 
     def _run_pending_requests(self) -> None:
         for kind in ("force", "normal"):
@@ -636,7 +644,7 @@ class SyncService:
                 if kind == "force":
                     self._pending.pop("normal", None)  # a force run covers a normal one
                     with self._snapshot_lock:
-                        self._live["pending"] = [p for p in self._live["pending"] if p["kind"] != "normal"]
+                        self._live.pending = [p for p in self._live.pending if p["kind"] != "normal"]
         while self._pending_jobs and not self._stop.is_set():
             ticket = self._pending_jobs.pop(0)
             self._drop_pending_ticket(ticket)
@@ -645,7 +653,7 @@ class SyncService:
 
     def _drop_pending_ticket(self, ticket: Ticket) -> None:
         with self._snapshot_lock:
-            self._live["pending"] = [p for p in self._live["pending"] if p["request_id"] != ticket.request_id]
+            self._live.pending = [p for p in self._live.pending if p["request_id"] != ticket.request_id]
 
     def _run(self, kind: str, trigger: str, *, scheduled: bool, ticket: Ticket | None = None) -> RunResult | None:
         """One run on the worker; it answers the requests of other processes the inbox has begun."""
@@ -657,7 +665,7 @@ class SyncService:
             if kind == "rollback" and ticket is not None and ticket.rollback is not None:
                 options = ticket.rollback
                 result = self.engine.rollback(
-                    options["run"], hold=options["hold"], cascade=options["cascade"], trigger=trigger, lock=self._lock
+                    options.run, hold=options.hold, cascade=options.cascade, trigger=trigger, lock=self._lock
                 )
             else:
                 result = self.engine.run(
@@ -674,14 +682,14 @@ class SyncService:
             result = self._record_crash(kind, trigger, exc)
         self._inbox.end(result)
         with self._snapshot_lock:
-            self._live["current_run"] = None
-            self._live["last_result"] = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
+            self._live.current_run = None
+            self._live.last_result = {**result.to_json(), "request_id": ticket.request_id if ticket else None}
         if result.status == "failed" and (not result.retry or kind in ONE_OFF_KINDS):
             # Retrying would fail the same way (the mass-delete guard), or is for whoever asked for
             # these documents (an ids run): the schedule goes on, the state says why.
             self._failures, self._retry_at = 0, None
             with self._snapshot_lock:
-                self._live["failures"], self._live["retry_at"] = 0, None
+                self._live.failures, self._live.retry_at = 0, None
             if not self._stop.is_set():
                 self._set_state("error", result.reason)
         elif result.status == "failed":
@@ -689,19 +697,19 @@ class SyncService:
             delay = backoff_delay(self._failures, self.timings.backoff_base_s, self.timings.backoff_cap_s)
             self._retry_at, self._retry_force = time.monotonic() + delay, force
             with self._snapshot_lock:
-                self._live["failures"] = self._failures
-                self._live["retry_at"] = iso(utcnow() + timedelta(seconds=delay))
+                self._live.failures = self._failures
+                self._live.retry_at = iso(utcnow() + timedelta(seconds=delay))
             if not self._stop.is_set():
                 self._set_state("error", f"{result.reason}; retrying in {delay:.0f} s")
                 log.warning("Retrying in %.0f s (attempt %d)", delay, self._failures + 1)
         elif result.status == "ok":
-            if kind == "rollback" and ticket is not None and ticket.rollback and not ticket.rollback["hold"]:
+            if kind == "rollback" and ticket is not None and ticket.rollback and not ticket.rollback.hold:
                 self._paused = True  # stored by the rollback itself; not waiting for the next settings refresh
                 with self._snapshot_lock:
-                    self._live["paused"] = True
+                    self._live.paused = True
             self._failures, self._retry_at = 0, None
             with self._snapshot_lock:
-                self._live["failures"], self._live["retry_at"] = 0, None
+                self._live.failures, self._live.retry_at = 0, None
             self._set_state(self._idle_state())
         self._reschedule()
         self._refresh_status()
@@ -715,7 +723,7 @@ class SyncService:
         try:
             result.run_id = self.engine.state.start_run(kind, trigger)
             self.engine.state.finish_run(result.run_id, "failed", {}, 0, reason)
-            self.engine.state.set(**{keys.LAST_STATUS: "failed", keys.LAST_ERROR: reason[:500]})
+            self.engine.state.set({StateKey.LAST_STATUS: "failed", StateKey.LAST_ERROR: reason[:500]})
         except EmpsyncError:
             pass
         self.bus.emit(SyncFailed(utcnow(), result.run_id, kind, reason))
@@ -736,15 +744,13 @@ class SyncService:
         return self._schedule_block() or "idle"
 
     def _update_next_times(self) -> None:
-        jobs = sorted(self._scheduler.get_jobs(), key=lambda j: j.next_run)
         blocked = self._schedule_block() is not None
-        by_kind = {("force" if j.job_func.keywords.get("force") else "normal"): j.next_run for j in jobs}
-        next_normal = _utc(by_kind.get("normal"))
+        next_normal = self._timetable.due("normal")
         if self._retry_at is not None:  # backing off: the retry is the next attempt
             next_normal = utcnow() + timedelta(seconds=max(0.0, self._retry_at - time.monotonic()))
         with self._snapshot_lock:
-            self._live["next_sync_at"] = None if blocked else iso(next_normal)
-            self._live["next_force_sync_at"] = None if blocked else iso(_utc(by_kind.get("force")))
+            self._live.next_sync_at = None if blocked else iso(next_normal)
+            self._live.next_force_sync_at = None if blocked else iso(self._timetable.due("force"))
 
     # -- status ----------------------------------------------------------------
 
@@ -756,21 +762,20 @@ class SyncService:
             stats = build_stats(self.engine, rollups=rollups)
         except EmpsyncError as exc:
             with self._snapshot_lock:
-                self._db_status = {**self._db_status, "last_error": exc.message}
+                self._db_error = exc.message
             return
-        status.pop("next_sync_at", None)  # the scheduler's view is the truthful one here
         if rollups:
             self._rollups_due = time.monotonic() + self.timings.rollups_refresh_s
         with self._snapshot_lock:
-            if not rollups:
-                stats["hourly"], stats["daily"] = self._stats.get("hourly", []), self._stats.get("daily", [])
-            self._db_status, self._stats = status, stats
+            if not rollups and self._stats is not None:
+                stats["hourly"], stats["daily"] = self._stats["hourly"], self._stats["daily"]
+            self._db_status, self._db_error, self._stats = status, None, stats
 
     def _set_state(self, state: str, detail: str = "") -> None:
         with self._snapshot_lock:
-            if (self._live["state"], self._live["detail"]) == (state, detail):
+            if (self._live.state, self._live.detail) == (state, detail):
                 return
-            self._live["state"], self._live["detail"] = state, detail
+            self._live.state, self._live.detail = state, detail
         self.bus.emit(StatusChanged(utcnow(), state, detail, self.snapshot()))
 
     def _on_event(self, event: Event) -> None:
@@ -778,7 +783,7 @@ class SyncService:
         if isinstance(event, SyncStarted):
             self._inbox.started(event.run_id)
             with self._snapshot_lock:
-                self._live["current_run"] = {
+                self._live.current_run = {
                     "run_id": event.run_id,
                     "kind": event.kind,
                     "trigger": event.trigger,
@@ -788,16 +793,16 @@ class SyncService:
             self._set_state("syncing", f"{event.kind} run" + (f" #{event.run_id}" if event.run_id else ""))
         elif isinstance(event, BatchApplied):
             with self._snapshot_lock:
-                if self._live["current_run"] is not None:
-                    self._live["current_run"] = {**self._live["current_run"], "counts": event.counts}
+                if self._live.current_run is not None:
+                    self._live.current_run = {**self._live.current_run, "counts": dict(event.counts)}
             # Quick commands (interval, pause) are handled between batches, even in a long run,
             # and requests from other processes are taken (they run after this one).
             self._drain_commands(runs=False)
             self._exchange_requests()
         elif isinstance(event, (SyncFinished, SyncFailed)):
             with self._snapshot_lock:
-                self._live["current_run"] = None
-                if isinstance(event, SyncFinished) and not event.result.dry_run:
+                self._live.current_run = None
+                if isinstance(event, SyncFinished) and not event.result.dry_run and self._db_status is not None:
                     # What the database now says, without waiting for the next status refresh.
                     stamp = iso(event.result.started_at)
                     self._db_status["last_sync_at"] = stamp
@@ -810,11 +815,13 @@ def _ticket_of(request: Request, number: int) -> Ticket:
     """The ticket a request taken from another process becomes; raises on what this version cannot run."""
     if request.kind not in RUN_KINDS:
         raise ValueError(request.kind)
-    payload, ids, rollback = request.payload, (), None
+    payload = request.payload
+    ids: tuple[str, ...] = ()
+    rollback: RollbackOptions | None = None
     if request.kind == "ids":
         ids = tuple(str(i) for i in payload["ids"])
     elif request.kind == "rollback":
-        rollback = {"run": int(payload["run"]), "hold": payload["hold"] is True, "cascade": payload["cascade"] is True}
+        rollback = RollbackOptions(int(payload["run"]), payload["hold"] is True, payload["cascade"] is True)
     allow = payload.get("allow_mass_delete") is True
     return Ticket(number, request.kind, request.trigger, request.requested_at, allow, ids, rollback)
 
@@ -838,7 +845,7 @@ def _payload(ticket: Ticket) -> dict[str, Any]:
     if ticket.ids:
         payload["ids"] = list(ticket.ids)
     if ticket.rollback:
-        payload.update(ticket.rollback)
+        payload.update(run=ticket.rollback.run, hold=ticket.rollback.hold, cascade=ticket.rollback.cascade)
     return payload
 
 
@@ -849,14 +856,3 @@ def _next(last_iso: str | None, every: int) -> datetime:
     if last is None:
         return now
     return max(now, last + timedelta(seconds=every))
-
-
-def _local(utc_naive: datetime) -> datetime:
-    # schedule keeps next_run in naive local time.
-    return datetime.now() + (utc_naive - utcnow())
-
-
-def _utc(local_naive: datetime | None) -> datetime | None:
-    if local_naive is None:
-        return None
-    return utcnow() + (local_naive - datetime.now())

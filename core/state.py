@@ -11,7 +11,8 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
@@ -20,29 +21,40 @@ from sqlalchemy.engine import Connection
 from .config import DELETED_AT_COLUMN, check_interval
 from .db import Database, upsert
 from .errors import ConfigError
+from .rollups import percentile
+from .times import utcnow
 
-# Keys of empsync_state.
-INTERVAL = "interval"
-PAUSED = "paused"
-WATERMARK = "watermark"
-LAST_SYNC_AT = "last_sync_at"
-LAST_FORCE_SYNC_AT = "last_force_sync_at"
-LAST_STATUS = "last_status"
-LAST_ERROR = "last_error"
-LEADER = "leader"
-# The leader's live view and heartbeat (JSON, see core/presence.py), rewritten every few seconds.
-LEADER_LIVE = "leader_live"
-DOC_COUNT = "doc_count"
-DOC_COUNT_AT = "doc_count_at"
-LAST_VERIFY = "last_verify"
-# When the last complete read of the collection began, and for which scope (see watermark.scope_of).
-FULL_READ = "full_read"
-# The largest commit lag measured, in ms: server timestamps that precede their commit.
-COMMIT_LAG_MS = "commit_lag_ms"
-# Set while the mass-delete guard holds back a run's deletions (JSON), cleared when a full read passes it.
-MASS_DELETE_GUARD = "mass_delete_guard"
-# What became of the last notifications (JSON, core/notify.py).
-NOTIFY = "notify"
+
+class StateKey(StrEnum):
+    """The keys of ``empsync_state``: every row empsync keeps there, and nothing else."""
+
+    INTERVAL = "interval"
+    PAUSED = "paused"
+    WATERMARK = "watermark"
+    LAST_SYNC_AT = "last_sync_at"
+    LAST_FORCE_SYNC_AT = "last_force_sync_at"
+    LAST_STATUS = "last_status"
+    LAST_ERROR = "last_error"
+    LEADER = "leader"
+    # The leader's live view and heartbeat (JSON, see core/presence.py), rewritten every few seconds.
+    LEADER_LIVE = "leader_live"
+    DOC_COUNT = "doc_count"
+    DOC_COUNT_AT = "doc_count_at"
+    LAST_VERIFY = "last_verify"
+    # When the last complete read of the collection began, and for which scope (see watermark.scope_of).
+    FULL_READ = "full_read"
+    # The largest commit lag measured, in ms: server timestamps that precede their commit.
+    COMMIT_LAG_MS = "commit_lag_ms"
+    # Set while the mass-delete guard holds back a run's deletions (JSON), cleared when a full read passes it.
+    MASS_DELETE_GUARD = "mass_delete_guard"
+    # What became of the last notifications (JSON, core/notify.py).
+    NOTIFY = "notify"
+
+
+# What a state row holds: text, or a number stored as its text; None stores NULL.
+StateValue = str | int | None
+# All the rows at once, as get_all() reads them (looked up by StateKey, a str).
+StateValues = Mapping[str, str | None]
 
 RUN_COUNTERS = (
     "fetched",
@@ -57,30 +69,6 @@ RUN_COUNTERS = (
     "firestore_reads",
     "naive_reads",
 )
-
-
-def utcnow() -> datetime:
-    """Naive UTC, the form every timestamp column stores."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str | None) -> datetime | None:
-    """Naive UTC from ISO text; None for none, and for text that is not a time (a hand-edited state row)."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def whoami() -> str:
@@ -103,34 +91,34 @@ class State:
     def get_all(self, conn: Connection | None = None) -> dict[str, str | None]:
         stmt = select(self.t.state.c.key, self.t.state.c.value)
         if conn is not None:
-            return dict(conn.execute(stmt).all())
+            return {key: value for key, value in conn.execute(stmt).all()}
         with self.db.connect() as c:
-            return dict(c.execute(stmt).all())
+            return {key: value for key, value in c.execute(stmt).all()}
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: StateKey) -> str | None:
         return self.get_all().get(key)
 
-    def put(self, conn: Connection, values: Mapping[str, Any]) -> None:
+    def put(self, conn: Connection, values: Mapping[StateKey, StateValue]) -> None:
         now = utcnow()
-        rows = [{"key": k, "value": None if v is None else str(v), "updated_at": now} for k, v in values.items()]
+        rows = [{"key": str(k), "value": None if v is None else str(v), "updated_at": now} for k, v in values.items()]
         upsert(conn, self.t.state, rows, update=["value", "updated_at"])
 
-    def set(self, **values: Any) -> None:
+    def set(self, values: Mapping[StateKey, StateValue]) -> None:
         with self.db.begin() as conn:
             self.put(conn, values)
 
-    def forget(self, *keys: str) -> None:
+    def forget(self, *keys: StateKey) -> None:
         with self.db.begin() as conn:
             self.forget_in(conn, *keys)
 
-    def forget_in(self, conn: Connection, *keys: str) -> None:
-        conn.execute(delete(self.t.state).where(self.t.state.c.key.in_(keys)))
+    def forget_in(self, conn: Connection, *keys: StateKey) -> None:
+        conn.execute(delete(self.t.state).where(self.t.state.c.key.in_([str(k) for k in keys])))
 
     # -- interval --------------------------------------------------------------
 
-    def interval(self, values: Mapping[str, str | None] | None = None) -> IntervalSetting:
+    def interval(self, values: StateValues | None = None) -> IntervalSetting:
         values = self.get_all() if values is None else values
-        stored = values.get(INTERVAL)
+        stored = values.get(StateKey.INTERVAL)
         if stored:
             try:
                 return IntervalSetting(check_interval(int(stored)), "database")
@@ -140,7 +128,7 @@ class State:
 
     def set_interval(self, seconds: int) -> int:
         check_interval(seconds)
-        self.set(**{INTERVAL: seconds})
+        self.set({StateKey.INTERVAL: seconds})
         return seconds
 
     # -- runs ------------------------------------------------------------------
@@ -210,8 +198,6 @@ class State:
 
     def record_lag(self, hour: datetime, run_id: int, samples: list[int]) -> None:
         """One listen session's write-to-row lag in one hour (its samples so far: the row is replaced)."""
-        from .rollups import percentile
-
         row = {
             "hour": hour,
             "run_id": run_id,

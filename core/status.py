@@ -8,36 +8,37 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from . import state as keys
+from .contracts import RunRow, Stats, Status
 from .engine import SyncEngine
 from .errors import EmpsyncError
 from .presence import live_leader
 from .rollups import DAYS, HOURS, rollup
-from .state import iso, parse_iso, utcnow
+from .state import StateKey, StateValues
+from .times import iso, parse_iso, utcnow
 
 # A status call never waits long on Firestore just to refresh the count.
 COUNT_TIMEOUT_S = 5
 
 
-def _run_json(run: dict[str, Any] | None) -> dict[str, Any] | None:
+def _run_json(run: dict[str, Any] | None) -> RunRow | None:
     if run is None:
         return None
     out = dict(run)
     for k in ("started_at", "finished_at"):
         out[k] = iso(out[k])
     out.pop("host", None)
-    return out
+    return cast(RunRow, out)  # a row of empsync_runs (core/schema.py), its times as text
 
 
-def document_count(engine: SyncEngine, values: dict[str, str | None]) -> tuple[int | None, str | None]:
+def document_count(engine: SyncEngine, values: StateValues) -> tuple[int | None, str | None]:
     """The collection size, from a count() aggregation cached for cache_timeout seconds.
 
     The cache lives in empsync_state, so watching status from many shells costs
     Firestore one aggregation per cache_timeout, not one per look.
     """
-    cached, at = values.get(keys.DOC_COUNT), parse_iso(values.get(keys.DOC_COUNT_AT))
+    cached, at = values.get(StateKey.DOC_COUNT), parse_iso(values.get(StateKey.DOC_COUNT_AT))
     fresh = at is not None and utcnow() - at < timedelta(seconds=engine.config.sync.cache_timeout)
     if cached is not None and fresh:
         return int(cached), iso(at)
@@ -47,18 +48,18 @@ def document_count(engine: SyncEngine, values: dict[str, str | None]) -> tuple[i
         return (int(cached) if cached is not None else None), iso(at)
     now = utcnow()
     try:
-        engine.state.set(**{keys.DOC_COUNT: n, keys.DOC_COUNT_AT: iso(now)})
+        engine.state.set({StateKey.DOC_COUNT: n, StateKey.DOC_COUNT_AT: iso(now)})
     except EmpsyncError:
         pass
     return n, iso(now)
 
 
-def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[str, Any]:
+def build_status(engine: SyncEngine, *, count_documents: bool = True) -> Status:
     config = engine.config
     engine.db.ensure_schema()
     values = engine.state.get_all()
     interval = engine.state.interval(values)
-    paused = values.get(keys.PAUSED) == "1"
+    paused = values.get(StateKey.PAUSED) == "1"
     with engine.db.connect() as conn:
         sizes = engine.state.row_counts(conn)
         last_run = engine.state.last_run(conn)
@@ -74,19 +75,19 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
         "interval_source": interval.source,
         "force_interval": config.sync.force_interval,
         "paused": paused,
-        "last_sync_at": values.get(keys.LAST_SYNC_AT),
-        "last_force_sync_at": values.get(keys.LAST_FORCE_SYNC_AT),
+        "last_sync_at": values.get(StateKey.LAST_SYNC_AT),
+        "last_force_sync_at": values.get(StateKey.LAST_FORCE_SYNC_AT),
         "next_sync_at": iso(next_at) if config.sync.enabled and not paused else None,
-        "last_status": values.get(keys.LAST_STATUS),
-        "last_error": values.get(keys.LAST_ERROR),
+        "last_status": values.get(StateKey.LAST_STATUS),
+        "last_error": values.get(StateKey.LAST_ERROR),
         "rows": sizes["rows"],
         "soft_deleted": sizes["soft_deleted"],
         "rejects": sizes["rejects"],
         "documents": documents,
         "documents_counted_at": counted_at,
-        "leader": values.get(keys.LEADER),
+        "leader": values.get(StateKey.LEADER),
         **_leader_heartbeat(values),
-        "watermark": values.get(keys.WATERMARK),
+        "watermark": values.get(StateKey.WATERMARK),
         "source": {
             "project": s.project,
             "database": s.database,
@@ -98,13 +99,19 @@ def build_status(engine: SyncEngine, *, count_documents: bool = True) -> dict[st
         "table": config.target.table,
         "delete_mode": config.target.delete_mode,
         "last_run": _run_json(last_run),
-        "last_verify": values.get(keys.LAST_VERIFY),
-        "mass_delete_guard": _json_value(values.get(keys.MASS_DELETE_GUARD)),
-        "notifications": _json_value(values.get(keys.NOTIFY)),
+        "last_verify": values.get(StateKey.LAST_VERIFY),
+        "mass_delete_guard": _json_value(values.get(StateKey.MASS_DELETE_GUARD)),
+        "notifications": _json_value(values.get(StateKey.NOTIFY)),
     }
 
 
-def _leader_heartbeat(values: dict[str, str | None]) -> dict[str, Any]:
+class LeaderHeartbeat(TypedDict):
+    leader_alive: bool | None
+    leader_seen_at: str | None
+    leader_state: str | None
+
+
+def _leader_heartbeat(values: StateValues) -> LeaderHeartbeat:
     """Whether the leader answers: when it last published its view, and what it was doing."""
     live = live_leader(values)
     if live is None:
@@ -120,7 +127,7 @@ def _json_value(text: str | None) -> Any:
         return None
 
 
-def build_stats(engine: SyncEngine, rollups: bool = True) -> dict[str, Any]:
+def build_stats(engine: SyncEngine, rollups: bool = True) -> Stats:
     """Totals and rates; with ``rollups``, hourly and daily figures too (a month of runs read)."""
     engine.db.ensure_schema()
     now = utcnow()

@@ -43,7 +43,7 @@ from .events import (
     SyncStarted,
 )
 from .safe import json_safe
-from .state import iso
+from .times import iso
 
 log = logging.getLogger("empsync.api.events")
 _protocol_log = logging.getLogger("empsync.api.websocket")
@@ -59,6 +59,12 @@ CLOSE_TIMEOUT_S = 5.0  # for the closing handshake
 MAX_CLIENT_MESSAGE = 4096  # the client has nothing to say but pongs and close
 # Why a request did not become a stream: the status, the reason and headers for the JSON answer.
 Refusal = tuple[HTTPStatus, str, dict[str, str]]
+# What a request that cannot be a handshake (a HEAD) is told: what a GET asking for no upgrade is.
+UPGRADE_REQUIRED: Refusal = (
+    HTTPStatus.UPGRADE_REQUIRED,
+    "this endpoint is a WebSocket; connect with a WebSocket client",
+    {"Upgrade": "websocket"},
+)
 STATUS_KEYS = ("state", "detail", "is_leader", "leader", "paused", "interval", "next_sync_at", "last_sync_at")
 
 

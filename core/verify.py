@@ -16,14 +16,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import state as keys
 from .config import Config
 from .diff import same
 from .engine import SyncEngine
 from .errors import ConfigError, EmpsyncError
 from .mapping import RejectError, map_document
+from .render import emit_json, emit_text
 from .safe import safe_values
-from .state import iso, utcnow
+from .state import StateKey
+from .times import iso, utcnow
 
 SHOWN = 100  # ids listed per kind of difference; the counts are always complete
 
@@ -100,8 +101,6 @@ def verify(engine: SyncEngine) -> VerifyReport:
 
 
 def run_verify(config: Config, *, as_json: bool, yes: bool) -> int:
-    from .cli import emit_json, emit_text
-
     engine = SyncEngine(config)
     try:
         cost = estimated_reads(engine)
@@ -116,7 +115,7 @@ def run_verify(config: Config, *, as_json: bool, yes: bool) -> int:
         summary = {**report.to_json(), "at": iso(utcnow())}
         try:
             short = {k: summary[k] for k in ("status", "differences", "documents", "rows", "at")}
-            engine.state.set(**{keys.LAST_VERIFY: json.dumps(short)})
+            engine.state.set({StateKey.LAST_VERIFY: json.dumps(short)})
         except EmpsyncError:
             pass  # the result still prints
     finally:

@@ -210,11 +210,11 @@ def employee(i: int, **extra: Any) -> dict[str, Any]:
 def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
-    """``empsync ...`` as a real subprocess, the way cron and scripts run it."""
+    """``empsync ...`` (``python -m tui``, the script's entry) as a real subprocess, the way cron and scripts run it."""
     full_env = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "tui", *args],
         capture_output=True,
         text=True,
         env=full_env,

@@ -1,14 +1,17 @@
 """A stand-in for the sync service the console hosts: its face API, real core events, no servers.
 
 The console's own behaviour (keys, dialogs, the filter, bounds, coalescing)
-is tested against ``FakeService``. Every face call is recorded; runs are
-played as the real service plays them: on a worker thread of its own, as
-real ``core.events`` (``SyncStarted``, ``BatchApplied`` with
-``ChangeRecord``s, ``SyncFinished`` with a frozen ``RunReport``,
-``SyncFailed``, ``StatusChanged``) sent through an ``EventBus`` to the
-subscriber the App registered, so the real Bridge and ``post_message`` path
-carries them. What it answers for reads (recent changes, rejects, runs) is
-a list in memory that its runs keep up to date.
+is tested against ``FakeService``: the calls of ``core.face.SyncFace``, the
+Protocol the console is typed against (test_tui.py checks that it and
+``SyncService`` both have each, with the same parameters). Every call is
+recorded; runs are played as the real service plays them: on a worker
+thread of its own, as real ``core.events`` (``SyncStarted``,
+``BatchApplied`` with ``ChangeRecord``s, ``SyncFinished`` with a frozen
+``RunReport``, ``SyncFailed``, ``StatusChanged``, ``RequestUpdate``) sent
+through an ``EventBus`` to the subscriber the App registered, so the real
+Bridge and ``post_message`` path carries them. What it answers for reads
+(recent changes, rejects, runs) is a list in memory that its runs keep up
+to date.
 
 It stands in for the service, not for the database or Firestore: the
 service itself is tested against the real servers (test_service.py), and a
@@ -44,8 +47,9 @@ from core.events import (
     SyncFinished,
     SyncStarted,
 )
-from core.service import ONE_OFF_KINDS, Ticket
-from core.state import iso, utcnow
+from core.face import RollbackOptions, Ticket
+from core.service import ONE_OFF_KINDS
+from core.times import iso, utcnow
 
 log = logging.getLogger("empsync.sync")
 
@@ -264,7 +268,7 @@ class FakeService:
 
     def rollback(self, run: int, *, hold: bool = False, cascade: bool = False, trigger: str = "api") -> Ticket:
         self._record("rollback", run, hold=hold, cascade=cascade, trigger=trigger)
-        return self._queue("rollback", trigger, rollback={"run": run, "hold": hold, "cascade": cascade})
+        return self._queue("rollback", trigger, rollback=RollbackOptions(run, hold, cascade))
 
     def plan_rollback(self, run: int, cascade: bool = False) -> RunResult:
         """A dry rollback: every change the run made, to be put back."""
@@ -477,7 +481,7 @@ class FakeService:
         duration_ms = int((utcnow() - started).total_seconds() * 1000)
         reason = ""
         if ticket.kind == "rollback" and ticket.rollback is not None:
-            reason = f"rolled back #{ticket.rollback['run']}; scheduled syncs are paused"
+            reason = f"rolled back #{ticket.rollback.run}; scheduled syncs are paused"
         report = RunReport(
             status="ok",
             kind=ticket.kind,
@@ -488,7 +492,7 @@ class FakeService:
             started_at=started,
             forced=ticket.kind == "force",
             reason=reason,
-            rolled_back=(ticket.rollback["run"],) if ticket.rollback else (),
+            rolled_back=(ticket.rollback.run,) if ticket.rollback else (),
         )
         log.info("Employee sync completed: %d inserted, %d updated (fake)", counts.inserted, counts.updated)
         self.bus.emit(SyncFinished(utcnow(), report))
@@ -500,7 +504,7 @@ class FakeService:
                 self._live["next_sync_at"] = iso(utcnow() + timedelta(seconds=self._live["interval"]))
             if ticket.kind == "force":
                 self._live["last_force_sync_at"] = iso(started)
-            if ticket.kind == "rollback" and ticket.rollback and not ticket.rollback["hold"]:
+            if ticket.kind == "rollback" and ticket.rollback and not ticket.rollback.hold:
                 self._live["paused"] = True
             s = self._stats
             s["runs"] += 1

@@ -214,7 +214,7 @@ def http(
     except urllib.error.HTTPError as exc:
         status, got, payload = exc.code, dict(exc.headers), exc.read()
     text = payload.decode()
-    if got.get("Content-Type", "").startswith("application/json"):
+    if got.get("Content-Type", "").startswith("application/json") and text:  # a HEAD's body is empty
         return status, got, json.loads(text)
     return status, got, text
 
@@ -245,7 +245,7 @@ def read_all(conn: socket.socket) -> bytes:
 
 
 class Headless:
-    """``python -m core.cli --no-ui`` (or another long-running ``command``) with its stderr collected line by line."""
+    """``empsync --no-ui`` (``python -m tui``; or another long-running ``command``) with its stderr collected line by line."""
 
     def __init__(
         self, config_path: Path, *args: str, env: dict[str, str] | None = None, command: str = "--no-ui"
@@ -253,7 +253,7 @@ class Headless:
         full_env = {k: v for k, v in os.environ.items() if k not in ("FIRESTORE_EMULATOR_HOST", "EMPSYNC_CONFIG")}
         full_env.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", command, "--config", str(config_path), *args],
+            [sys.executable, "-m", "tui", command, "--config", str(config_path), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

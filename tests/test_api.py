@@ -1,4 +1,4 @@
-"""The control API (issue 3, point 6) on a real service, emulator and database.
+"""The control API on a real service, emulator and database.
 
 Every endpoint and every error status: 400 bad JSON, 401 without and with a
 wrong token, 404, 405, 413, 422 wrong types and out-of-range values, 202 for
@@ -47,6 +47,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "test-token-3f9a-0b7d"
 PREFIX = "/api/realtime-sync"
+EVENTS = f"{PREFIX}/events"
 
 
 class Served:
@@ -199,15 +200,33 @@ def test_unknown_paths_and_wrong_methods(served):
     for method, path, allowed in (
         ("GET", f"{PREFIX}/trigger", "POST"),
         ("GET", f"{PREFIX}/interval", "POST"),
-        ("POST", f"{PREFIX}/status", "GET"),
-        ("POST", f"{PREFIX}/stats", "GET"),
-        ("POST", "/healthz", "GET"),
+        ("HEAD", f"{PREFIX}/trigger", "POST"),
+        ("POST", f"{PREFIX}/status", "GET, HEAD"),
+        ("POST", f"{PREFIX}/stats", "GET, HEAD"),
+        ("POST", "/healthz", "GET, HEAD"),
         ("DELETE", f"{PREFIX}/interval", "POST"),
         ("PUT", f"{PREFIX}/trigger", "POST"),
-        ("PATCH", f"{PREFIX}/status", "GET"),
+        ("PATCH", f"{PREFIX}/status", "GET, HEAD"),
     ):
-        headers = assert_error(http(method, served.base + path, {} if method != "GET" else None, token=TOKEN), 405)
-        assert headers["Allow"] == allowed
+        body = {} if method not in ("GET", "HEAD") else None
+        response = http(method, served.base + path, body, token=TOKEN)
+        headers = assert_error(response, 405) if method != "HEAD" else response[1]
+        assert (response[0], headers["Allow"]) == (405, allowed)
+
+
+def test_head_is_answered_wherever_get_is_with_the_same_status_and_headers_and_no_body(served):
+    for path in (f"{PREFIX}/status", f"{PREFIX}/stats", f"{PREFIX}/runs", "/healthz", "/metrics", EVENTS):
+        got_code, got_headers, _ = http("GET", served.base + path, None, token=TOKEN)
+        code, headers, body = http("HEAD", served.base + path, None, token=TOKEN)
+        assert code == got_code and code in (200, 426), (path, code)
+        assert headers["Content-Type"] == got_headers["Content-Type"], path
+        assert body == "", (path, body)
+        if path == EVENTS:
+            assert headers["Upgrade"] == "websocket"
+        else:  # the length of the body a GET gets (the figures may move between the two)
+            assert int(headers["Content-Length"]) > 0, path
+    # The token is asked of a HEAD as of a GET.
+    assert http("HEAD", served.base + f"{PREFIX}/status", None)[0] == 401
 
 
 def test_a_refused_body_does_not_poison_a_kept_alive_connection(served):
@@ -328,7 +347,7 @@ def test_a_non_loopback_api_without_a_token_refuses_to_start(make_config, sqlite
         assert "Leading" not in process.text(), "it started syncing before refusing"
 
 
-# -- hostile input (issue 11, points 1 to 5) ---------------------------------------------------
+# -- hostile input ----------------------------------------------------------------------------
 
 
 def raw_exchange(served, data: bytes) -> bytes:

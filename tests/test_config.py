@@ -1,4 +1,4 @@
-"""sync.toml loading, environment overrides, precedence and every exit-2 error (DESIGN §3)."""
+"""sync.toml loading, environment overrides, precedence and every exit-2 error."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_bad_values_name_their_key(raw, key, words):
         ("target", "table", "employees; DROP TABLE x"),
         ("target", "id_column", "firestore id"),
         ("target", "id_column", ""),
-        ("target", "table", "employees\n"),  # `$` would match before the newline (issue 10, point 7)
+        ("target", "table", "employees\n"),  # `$` would match before the newline
         ("target", "id_column", "firestore_id\n"),
     ],
 )

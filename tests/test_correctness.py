@@ -20,12 +20,12 @@ from google.cloud import firestore
 from sqlalchemy import delete, insert, update
 
 from core import config as cfg
-from core import state as keys
 from core.engine import SyncEngine, _Run
 from core.mapping import Reject
 from core.service import SyncService
-from core.state import utcnow
+from core.state import StateKey
 from core.store import Rejected
+from core.times import utcnow
 from core.verify import verify
 
 from .conftest import employee, run_cli, write_docs, write_toml
@@ -151,7 +151,7 @@ def test_a_configured_margin_catches_a_late_commit_and_the_poll_measures_its_lag
         late_write(firestore_client, "late", timedelta(seconds=3))
         counts = ok(engine.run())
         assert counts.inserted == 1
-        lag_ms = int(engine.state.get(keys.COMMIT_LAG_MS) or 0)
+        lag_ms = int(engine.state.get(StateKey.COMMIT_LAG_MS) or 0)
         assert lag_ms >= 2_000, "the poll saw a new version older than the last read: a lag, recorded"
 
 
@@ -161,7 +161,7 @@ def test_a_stored_lag_widens_the_margin_of_polls(make_config, target_url, firest
     config = make_config(target_url)
     with engine_for(config) as engine:
         engine.db.ensure_schema()
-        engine.state.set(**{keys.COMMIT_LAG_MS: 5_000})
+        engine.state.set({StateKey.COMMIT_LAG_MS: 5_000})
         ok(engine.run(force=True))
         late_write(firestore_client, "late", timedelta(seconds=3))
         assert ok(engine.run()).inserted == 1
@@ -177,11 +177,11 @@ def test_a_corrupt_watermark_fails_normal_runs_naming_the_key_and_a_force_run_re
     config = make_config(target_url)
     with engine_for(config) as engine:
         ok(engine.run(force=True))
-        engine.state.set(**{keys.WATERMARK: "{not json"})
+        engine.state.set({StateKey.WATERMARK: "{not json"})
     path = str(write_toml(tmp_path / "sync.toml", config))
-    due = {keys.LAST_SYNC_AT: None}
+    due = {StateKey.LAST_SYNC_AT: None}
     with engine_for(config) as engine:
-        engine.state.set(**due)
+        engine.state.set(due)
     plain = run_cli("--config", path, "sync")
     assert plain.returncode == 1
     assert "'watermark'" in plain.stderr and "empsync sync --force" in plain.stderr
@@ -189,7 +189,7 @@ def test_a_corrupt_watermark_fails_normal_runs_naming_the_key_and_a_force_run_re
     forced = run_cli("--config", path, "sync", "--force", "--json")
     assert forced.returncode == 0, forced.stderr
     with engine_for(config) as engine:
-        engine.state.set(**due)
+        engine.state.set(due)
     again = run_cli("--config", path, "sync", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["status"] == "ok", again.stderr
 
@@ -317,7 +317,7 @@ def test_a_tripped_guard_is_not_retried_in_a_loop_by_the_service(make_config, ta
         )
     finally:
         assert service.stop(15)
-    assert stored_state(config).get(keys.MASS_DELETE_GUARD) is None
+    assert stored_state(config).get(StateKey.MASS_DELETE_GUARD) is None
 
 
 def test_a_dry_run_says_the_guard_would_hold_the_deletions_back(make_config, target_url, firestore_client):
@@ -330,7 +330,7 @@ def test_a_dry_run_says_the_guard_would_hold_the_deletions_back(make_config, tar
         result = engine.run(force=True, dry_run=True)
         assert result.status == "ok" and result.counts.deleted == 0
         assert [c["operation"] for c in result.would_change] == ["blocked"]
-        assert engine.state.get(keys.MASS_DELETE_GUARD) is None  # a dry run records nothing
+        assert engine.state.get(StateKey.MASS_DELETE_GUARD) is None  # a dry run records nothing
 
 
 # -- a failed batch in a listen session --------------------------------------------------------------------

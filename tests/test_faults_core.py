@@ -1,4 +1,4 @@
-"""Faults of one sync run: servers down, a wrong password, an emulator dying mid-run, kill -9 (issue 2, point 7).
+"""Faults of one sync run: servers down, a wrong password, an emulator dying mid-run, kill -9.
 
 Every expected failure is exit 1 with one or two clear lines and no traceback,
 never shows the target's password, leaves no partial batch, and the next run
@@ -28,6 +28,7 @@ from core.emulator import Emulator, free_port
 from core.engine import SyncEngine
 from core.errors import EmpsyncError
 from core.source import make_client
+from core.state import StateKey
 
 from .conftest import IN_CI, REPO, employee, run_cli, write_docs, write_toml
 from .servers import PASSWORD
@@ -125,7 +126,7 @@ def test_firestore_unreachable_is_exit_1_with_one_clear_line(make_config, target
         rows = conn.execute(select(func.count()).select_from(engine.db.tables.mirror)).scalar_one()
     assert (run["status"], rows) == ("failed", 0)
     assert "unreachable" in run["message"]
-    assert engine.state.get("last_status") == "failed"
+    assert engine.state.get(StateKey.LAST_STATUS) == "failed"
     # status answers from the database while Firestore is away.
     status = run_cli("--config", path, "status", "--json")
     assert status.returncode == 0, status.stderr

@@ -1,4 +1,4 @@
-"""The files empsync creates (issue 11, point 11) and the SQLite lock's name (issue 10, point 7).
+"""The files empsync creates (their modes) and the SQLite lock's name (the database's real path).
 
 The SQLite database, its -wal and -shm files and the lock file hold or sit
 beside employee records: created 0600, whatever the umask; an existing file
@@ -14,7 +14,7 @@ import stat
 from sqlalchemy import text
 
 from core.db import make_engine
-from core.lock import make_lock
+from core.dialects import make_lock
 
 
 def mode(path) -> int:

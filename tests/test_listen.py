@@ -1,4 +1,4 @@
-"""Listen mode (issue 5) against the real emulator and real targets.
+"""Listen mode against the real emulator and real targets.
 
 Each numbered point of the issue has its tests here: micro-batches through the
 same apply path, the cost of a (re)subscription, the watchdog and an emulator
@@ -28,7 +28,6 @@ from sqlalchemy import select
 import core.emulator as emulator_module
 from core import config as cfg
 from core import listen
-from core import state as keys
 from core.api import ControlApi
 from core.emulator import Emulator, free_port
 from core.engine import SyncEngine
@@ -36,6 +35,7 @@ from core.events import StatusChanged, SyncStarted
 from core.live import FALLBACK, LISTENING, PENDING_BATCHES, RECONNECTING
 from core.service import SyncService
 from core.source import make_client
+from core.state import StateKey
 
 from .conftest import employee, run_cli, write_docs, write_toml
 from .servers import export_emulator
@@ -224,6 +224,9 @@ def test_restart_reads_only_what_changed_while_down(make_config, target_url, fir
     config = listen_config(make_config, target_url, sync={"interval": 3600})
     with live(config):
         wait_for(lambda: len(mirror_rows(config)) == 300, 60, "the first sync of 300 rows")
+        # Rows land batch by batch; the watermark only when the force run ends. Stopping before
+        # that rightly leaves no watermark, and the restart would read the whole collection.
+        wait_for(lambda: any(r["finished_at"] for r in runs_table(config)), 60, "the first run to finish")
 
     # empsync is down; the app carries on.
     for i in range(5):
@@ -284,7 +287,7 @@ def test_listen_scope_collection_mirrors_every_deletion_and_keeps_the_watermark(
         )
         assert snapshot["listen_cost"] == "listen_scope = collection: each (re)subscription reads the whole collection"
         wait_for(lambda: len(mirror_rows(config)) == 12, 30, "the initial 12 rows")
-        before = service.engine.state.get(keys.WATERMARK)
+        before = service.engine.state.get(StateKey.WATERMARK)
         # e3 has not changed since the watermark: outside a "changes" listener's set, inside this one.
         firestore_client.collection("employees").document("e3").delete()
         wait_row(config, "e3", lambda r: r["deleted_at"] is not None, "the soft delete of e3 by the listener")
@@ -292,7 +295,7 @@ def test_listen_scope_collection_mirrors_every_deletion_and_keeps_the_watermark(
         update(firestore_client, "e4", salary=4)
         wait_row(config, "e4", lambda r: r["salary"] == 4, "the update of e4")
         # Snapshots still move the watermark, so a polled run in a fallback reads little.
-        wait_for(lambda: service.engine.state.get(keys.WATERMARK) != before, 30, "the watermark to move")
+        wait_for(lambda: service.engine.state.get(StateKey.WATERMARK) != before, 30, "the watermark to move")
     assert differences(config, firestore_client) == []
 
 
@@ -392,7 +395,7 @@ def test_emulator_restart_under_a_running_service(tmp_path, make_config, mysql_u
 
 FULL = os.environ.get("EMPSYNC_FULL", "") in ("1", "true", "yes")
 # CI size: 5,000 writes in parallel batch commits over a few seconds. EMPSYNC_FULL=1: the
-# issue's 5,000 writes a second for 10 s.
+# 5,000 writes a second for 10 s.
 BURST_WRITES, BURST_SECONDS = (50_000, 10.0) if FULL else (5_000, 2.5)
 
 

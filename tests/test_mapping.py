@@ -1,4 +1,4 @@
-"""Field types, coercion rules, the content hash and the diff (DESIGN §3, §5): pure logic, fast."""
+"""Field types, coercion rules, the content hash and the diff: pure logic, fast."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from google.cloud.firestore_v1.document import DocumentReference
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from core.config import FIELD_TYPES, FieldSpec
+from core.config import FIELD_TYPES
 from core.diff import Op, Stored, decide, same
 from core.mapping import (
     COERCERS,
     INT64_MAX,
     INT64_MIN,
+    FieldSpec,
     Invalid,
     RejectError,
     content_hash,

@@ -1,4 +1,4 @@
-"""Admin notifications (issue 14, point 1): when to tell, how, and that telling never slows a sync.
+"""Admin notifications: when to tell, how, and that telling never slows a sync.
 
 The conditions are plain logic, checked against a model of the runs and against
 a clock the test moves. Deliveries go to real servers on loopback (an HTTP
@@ -31,7 +31,7 @@ from core.metrics import Metrics
 from core.notify import OUTBOX_MAX, RATE_BURST, RATE_EVERY_S, REJECT_SETTLE_S, Conditions, Notifier, RateLimit
 from core.render import status_text
 from core.service import SyncService
-from core.state import utcnow
+from core.times import utcnow
 
 from .conftest import employee, run_cli, write_docs, write_toml
 from .notify_support import HttpReceiver, SmtpReceiver, closed_port

@@ -10,8 +10,8 @@ import pytest
 from google.cloud import firestore
 from sqlalchemy import select
 
-from core import state as keys
 from core.engine import SyncEngine
+from core.state import StateKey
 
 from .conftest import employee, run_cli, write_docs, write_toml
 from .service_support import mirror_rows, stored_state
@@ -81,7 +81,7 @@ def test_an_ids_run_reads_exactly_those_documents_and_leaves_the_schedule_alone(
     rows = mirror_rows(config)
     assert rows["e1"]["salary"] == 1 and rows["e3"]["deleted_at"] is not None and rows["e4"]["salary"] == 50004
     after = stored_state(config)
-    for key in (keys.WATERMARK, keys.LAST_SYNC_AT, keys.LAST_FORCE_SYNC_AT):
+    for key in (StateKey.WATERMARK, StateKey.LAST_SYNC_AT, StateKey.LAST_FORCE_SYNC_AT):
         assert after.get(key) == before.get(key), key
     with engine_for(config) as engine:
         assert {r["document_id"] for r in engine.state.rejects()} == {"e2"}
@@ -151,7 +151,7 @@ def test_a_rollback_restores_the_rows_pauses_and_can_itself_be_rolled_back(
     rolled = json.loads(done.stdout)
     assert rolled["kind"] == "rollback" and rolled["rolled_back"] == [bad.run_id]
     assert table(config) == snapshot  # exactly as before the run, the hard-deleted row included
-    assert stored_state(config).get(keys.PAUSED) == "1"
+    assert stored_state(config).get(StateKey.PAUSED) == "1"
     assert "empsync resume" in rolled["reason"]
 
     again = run_cli("--config", path, "rollback", str(rolled["run_id"]), "--yes", "--json")
@@ -193,7 +193,7 @@ def test_hold_keeps_the_documents_out_of_every_sync_until_released(make_config, 
     path = str(write_toml(tmp_path / "sync.toml", config))
     held = run_cli("--config", path, "rollback", str(bad.run_id), "--yes", "--hold")
     assert held.returncode == 0, held.stderr
-    assert stored_state(config).get(keys.PAUSED) != "1"  # held, not paused
+    assert stored_state(config).get(StateKey.PAUSED) != "1"  # held, not paused
     with engine_for(config) as engine:
         ok(engine.run(force=True))
         ok(engine.run(ids=["e0"]))
@@ -221,7 +221,7 @@ def test_a_rollback_of_an_unknown_or_expired_run_says_why(make_config, target_ur
 
             from sqlalchemy import update
 
-            from core.state import utcnow
+            from core.times import utcnow
 
             conn.execute(update(runs).where(runs.c.id == run.run_id).values(started_at=utcnow() - timedelta(days=91)))
     path = str(write_toml(tmp_path / "sync.toml", config))

@@ -8,11 +8,11 @@ import logging
 import pytest
 
 from core import config as cfg
-from core import state as keys
 from core.db import Database
 from core.logs import register_secret
 from core.presence import LogBuffer, Publisher, SharedLog, live_leader
-from core.state import State, utcnow
+from core.state import State, StateKey
+from core.times import utcnow
 
 LEADER = "ops-1:4242"
 
@@ -61,11 +61,11 @@ def test_the_view_is_the_heartbeat_and_only_a_leader_writes(db, publisher):
     state = State(db)
     publisher.cycle()
     assert live_leader(state.get_all()) is None, "a view without the leader key naming its writer is not the leader's"
-    state.set(**{keys.LEADER: LEADER})
+    state.set({StateKey.LEADER: LEADER})
     live = live_leader(state.get_all())
     assert live is not None and live.service == LEADER and live.fresh()
     assert live.snapshot == {"state": "syncing", "current_run": {"run_id": 3}}
-    written = json.loads(state.get(keys.LEADER_LIVE))["at"]
+    written = json.loads(state.get(StateKey.LEADER_LIVE))["at"]
 
     publisher.shown["state"] = "idle"  # changed: written at the next look, heartbeat or not
     publisher.cycle()
@@ -77,9 +77,9 @@ def test_the_view_is_the_heartbeat_and_only_a_leader_writes(db, publisher):
     publisher.cycle()
     assert live_leader(state.get_all()).snapshot["state"] == "idle", "a process that does not lead wrote its view"
     assert SharedLog(db).after(None, not_by="x") == []
-    assert json.loads(state.get(keys.LEADER_LIVE))["at"] >= written
+    assert json.loads(state.get(StateKey.LEADER_LIVE))["at"] >= written
 
-    state.set(**{keys.LEADER: "ops-2:7"})  # a successor took over; our last view is not its
+    state.set({StateKey.LEADER: "ops-2:7"})  # a successor took over; our last view is not its
     assert live_leader(state.get_all()) is None
 
 

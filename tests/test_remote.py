@@ -1,4 +1,4 @@
-"""SSH-attended operation (issue 12): consoles and commands that steer the service already running.
+"""SSH-attended operation: consoles and commands that steer the service already running.
 
 A real ``empsync --no-ui`` leads on MariaDB and the emulator; beside it a
 console (Pilot, in this process), ``empsync sync`` typed at a shell, or a
@@ -22,11 +22,12 @@ from sqlalchemy import create_engine, text
 
 import core.presence as presence
 from core import requests as req
+from core.dialects import make_lock
 from core.emulator import free_port
 from core.engine import SyncEngine
-from core.lock import make_lock
 from core.requests import Requests
 from core.service import SyncService
+from core.state import StateKey
 from tui.app import EmpsyncApp
 
 from .conftest import employee, run_cli, write_docs, write_toml
@@ -260,7 +261,7 @@ def test_sync_force_while_a_service_leads_prints_that_runs_result(
     # A plain `sync` from cron, when due: exit 3 at once, as before; with --wait the leader makes a normal run.
     engine = SyncEngine(config)
     try:
-        engine.state.set(last_sync_at="2020-01-01T00:00:00Z")  # due
+        engine.state.set({StateKey.LAST_SYNC_AT: "2020-01-01T00:00:00Z"})  # due
     finally:
         engine.close()
     asked = len(requests_of(config))
@@ -287,7 +288,7 @@ def test_no_live_leader_takes_the_request_exit_3(make_config, mysql_url, tmp_pat
         assert one_shot.returncode == 3 and one_shot.stderr.startswith("empsync: skipped: the sync lock is held")
         assert requests_of(config) == []
 
-        state.state.set(leader="old-empsync:77")  # a leader that publishes no heartbeat
+        state.state.set({StateKey.LEADER: "old-empsync:77"})  # a leader that publishes no heartbeat
         done = run_cli("sync", "--force", "--config", str(path))
         assert done.returncode == 3, (done.stdout, done.stderr)
         assert "no live leader took request #1 within 5 s" in done.stderr and "withdrew it" in done.stderr

@@ -28,7 +28,8 @@ from core import requests as req
 from core.db import Database
 from core.engine import RunResult, SyncEngine
 from core.requests import Requests
-from core.state import utcnow
+from core.state import StateKey
+from core.times import utcnow
 
 LEADERS = ("ops-1:100", "ops-2:200")
 
@@ -70,10 +71,11 @@ class RequestLife(RuleBasedStateMachine):
     @rule(leader=st.sampled_from(LEADERS))
     def claim(self, leader: str) -> None:
         taken = self.requests.claim(leader, now=utcnow() + self.age)
+        looked_at = sorted(self._in(req.QUEUED))[: req.CLAIM_BATCH]  # the oldest, one batch a look
         stale = self.age.total_seconds() > req.TTL_S
-        expected = [] if stale else sorted(self._in(req.QUEUED))[: req.CLAIM_BATCH]
+        expected = [] if stale else looked_at
         if stale:
-            for i in self._in(req.QUEUED):
+            for i in looked_at:
                 self.model[i] = (req.EXPIRED, None)
         assert [r.id for r in taken] == expected
         for r in taken:
@@ -220,7 +222,7 @@ class PlayedLeader:
 
     def beat(self) -> None:
         live = {"service": self.name, "at": utcnow().isoformat() + "Z", "snapshot": {"state": "idle"}}
-        self.state.set(leader=self.name, leader_live=json.dumps(live))
+        self.state.set({StateKey.LEADER: self.name, StateKey.LEADER_LIVE: json.dumps(live)})
 
     def claim(self) -> list[req.Request]:
         return self.board.claim(self.name)

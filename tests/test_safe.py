@@ -1,4 +1,4 @@
-"""Terminal safety (issue 11, points 6 to 8): no control character from outside reaches a terminal.
+"""Terminal safety: no control character from outside reaches a terminal.
 
 ``core.safe`` escapes; these tests check the escaping itself against the
 Unicode database, then every text view a value from Firestore can reach: the

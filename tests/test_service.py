@@ -1,9 +1,8 @@
 """The sync service in-process, against the real emulator and real targets.
 
-Issue 3, points 1-3, 5 and 7: scheduled runs, live interval changes, pause,
-disabled mode, a job's exception, one leader on a lost lock connection, and
-recovery from a database outage; the lock and the outage on MariaDB and on
-PostgreSQL. The contract's smallest interval is 10 s; for
+Scheduled runs, live interval changes, pause, disabled mode, a job's
+exception, one leader on a lost lock connection, and recovery from a
+database outage; the lock and the outage on MariaDB and on PostgreSQL. The contract's smallest interval is 10 s; for
 second-scale schedules these tests lower the config's bound in-process and
 give the service shorter timings.
 """
@@ -24,7 +23,7 @@ from core.backoff import backoff_delay
 from core.errors import ConfigError
 from core.events import StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from core.service import SyncService, Timings
-from core.state import parse_iso, utcnow
+from core.times import parse_iso, utcnow
 
 from .conftest import employee, run_cli, started, write_docs, write_toml
 from .servers import MariaDB, PostgreSQL
@@ -165,7 +164,7 @@ def test_interval_bounds_persistence_and_the_cli(make_config, mysql_url, firesto
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(mysql_url, sync={"interval": 300, "force_interval": 3600})
     toml = cli_toml(tmp_path, config)
-    first = SyncService(config, timings=fast)
+    first = SyncService(config)
     events = Events(first)
     with running(first):
         events.wait_finished(1, trigger="schedule")
@@ -177,7 +176,7 @@ def test_interval_bounds_persistence_and_the_cli(make_config, mysql_url, firesto
         wait_for(lambda: stored_state(config).get("interval") == "45", 10, "the interval stored")
 
     # A restart reads it back: the stored interval wins over sync.toml.
-    second = SyncService(config, timings=fast)
+    second = SyncService(config)
     events = Events(second)
     with running(second):
         wait_for(lambda: second.snapshot().get("interval") == 45, 10, "the stored interval after a restart")

@@ -1,4 +1,4 @@
-"""The live event stream over WebSocket (issue 14, point 3), with a real client (the websockets library).
+"""The live event stream over WebSocket, with a real client (the websockets library).
 
 Events arrive in order during a force run and a listen session; field changes
 only with ?changes=1; the token, Host and Origin rules are the other GETs';

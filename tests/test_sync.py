@@ -1,4 +1,4 @@
-"""Sync semantics end to end: the real emulator, and SQLite and MariaDB as targets (DESIGN §2, §4, §5)."""
+"""Sync semantics end to end: the real emulator, and SQLite and MariaDB as targets."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import GeoPoint
 from sqlalchemy import event, func, inspect, select, update
 
+from core.dialects import make_lock
 from core.engine import SyncEngine
-from core.lock import make_lock
+from core.state import StateKey
 
 from .conftest import EMPLOYEE_FIELDS, employee, run_cli, write_docs, write_toml
 
@@ -395,7 +396,7 @@ def test_a_second_force_run_writes_nothing(make_config, target_url, firestore_cl
     with mirror_writes(engine) as writes:
         first = ok(engine.run(force=True))
     assert first.inserted == 120
-    # Multi-row statements, one per batch of 100 (DESIGN §5: never row by row).
+    # Multi-row statements, one per batch of 100: never row by row.
     assert [w.count("), (") + 1 for w in writes] == [100, 20]
     before, audit_before = rows(engine), audit(engine)
     assert len([a for a in audit_before if a["operation"] == "insert"]) == 120
@@ -832,9 +833,9 @@ def test_an_interval_from_the_database_drives_the_due_check(make_config, target_
     ok(engine.run(force=True))
     assert engine.run(when_due=True).status == "skipped"
     engine.state.set_interval(10)
-    last = engine.state.get("last_sync_at")
+    last = engine.state.get(StateKey.LAST_SYNC_AT)
     backdated = (datetime.fromisoformat(last) - timedelta(seconds=11)).isoformat()
-    engine.state.set(last_sync_at=backdated)
+    engine.state.set({StateKey.LAST_SYNC_AT: backdated})
     assert engine.run(when_due=True).status == "ok"
     engine.close()
 

@@ -18,13 +18,12 @@ from sqlalchemy import bindparam, event, select, text
 
 from core import config as cfg
 from core.db import Database, make_engine, upsert
-from core.dialects import MODULES, Limits, for_backend
+from core.dialects import MODULES, Limits, for_backend, make_lock
 from core.dialects.base import _LIMITS_KEY
 from core.dialects.postgresql import lock_key
 from core.emulator import free_port
 from core.engine import SyncEngine
 from core.errors import TargetError
-from core.lock import make_lock
 
 from .conftest import employee, run_cli, started, write_docs, write_toml
 from .servers import PASSWORD, MariaDB

@@ -29,10 +29,10 @@ from pytest_textual_snapshot import SVGImageExtension
 from sqlalchemy import create_engine
 from textual.command import CommandList, CommandPalette
 
+from core.dialects import make_lock
 from core.events import BatchApplied, ChangeRecord
-from core.lock import make_lock
 from core.service import SyncService
-from core.state import utcnow
+from core.times import utcnow
 from tui import format as fmt
 from tui.app import EmpsyncApp
 from tui.messages import LogLine
@@ -111,7 +111,8 @@ async def test_force_sync_shows_in_status_stats_and_log(make_config, mysql_url, 
         await until(pilot, forced, "the forced run")
         await until(pilot, lambda: "IDLE" in app.status_pane.text, "Status to be idle again")
         stamp = fmt.absolute(fmt.parse_time(service.snapshot()["last_sync_at"]), utcnow())
-        assert f"· {stamp}" in app.status_pane.text  # the forced run's time, as Last
+        # The forced run's time, as Last (the pane redraws once a second: IDLE may be from just before).
+        await until(pilot, lambda: f"· {stamp}" in app.status_pane.text, "Status to show the forced run's time")
         await until(pilot, lambda: "Runs 2" in app.stats_pane.text, "Stats to count both runs")
         assert "Inserted 30" in app.stats_pane.text and "Unchanged 30" in app.stats_pane.text
 
@@ -408,7 +409,7 @@ async def test_log_is_bounded_and_keeps_the_readers_place():
         await until(pilot, lambda: arrived(app.log_pane, f"line {MAX_LINES + 499}"), "the first burst")
         assert len(app.log_pane.lines) == MAX_LINES  # bounded
         view = app.log_pane
-        assert view.following
+        await until(pilot, lambda: view.following, "the Log to follow the tail")  # once the last lines are laid out
         # The reader scrolls up to somewhere near the end (set directly: key scrolls animate).
         view.scroll_to(y=view.max_scroll_y - 20, animate=False, immediate=True)
         await pilot.pause()

@@ -1,4 +1,4 @@
-"""``empsync web`` (issue 14, point 4): the console in a browser, each tab attached to the running service.
+"""``empsync web``: the console in a browser, each tab attached to the running service.
 
 The guard in front of textual-serve is checked over real HTTP against a real
 ``empsync web`` process; the console itself in a real headless Chromium,
@@ -35,7 +35,7 @@ TOKEN = "web-console-token-4b1e9"
 
 
 class Web(Headless):
-    """``python -m core.cli web`` as a real process, its log collected."""
+    """``empsync web`` as a real process, its log collected."""
 
     def __init__(self, config_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = closed_port()
@@ -135,7 +135,7 @@ def test_each_tab_runs_an_attached_console_with_this_config(tmp_path):
     config = cfg.load(str(path), env={})
     command = shlex.split(tab_command(config, "sqlite:///a b.db"))
     assert command == [
-        sys.executable, "-m", "core.cli", "--attach", "--config", str(path.resolve()), "--target-url", "sqlite:///a b.db",
+        sys.executable, "-m", "tui", "--attach", "--config", str(path.resolve()), "--target-url", "sqlite:///a b.db",
     ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Signed trigger requests (issue 14, point 2): HMAC over timestamp and body, a window, no replays.
+"""Signed trigger requests: HMAC over timestamp and body, a window, no replays.
 
 The signature checks are plain logic with a clock the test sets; the rest runs
 against a real service and its API on the emulator, including the README's

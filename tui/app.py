@@ -37,7 +37,7 @@ from textual.widgets import Footer, Header
 from core.errors import EmpsyncError
 from core.events import BatchApplied, RequestUpdate, RunReport, StatusChanged, SyncFailed, SyncFinished, SyncStarted
 from core.safe import terminal_safe
-from core.state import utcnow
+from core.times import utcnow
 
 from . import messages as msg
 from .actions import ConsoleCommands, bindings

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from datetime import UTC, datetime
 
 from textual.message import Message
 from textual.message_pump import MessagePump
 
 from core.events import Event
 from core.logs import add_filters, record_text
+from core.times import from_timestamp
 
 from .messages import CoreEvent, LogLine
 
@@ -98,7 +98,7 @@ class ConsoleLogHandler(logging.Handler):
         try:
             text = record_text(self.formatter, record)  # type: ignore[arg-type]
             line = LogLine(
-                datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
+                from_timestamp(record.created),
                 record.levelname,
                 record.name,
                 text,

@@ -47,7 +47,7 @@ COOKIE = "empsync_console"
 
 def tab_command(config: Config, target_url: str | None = None) -> str:
     """The shell command textual-serve runs for each tab."""
-    parts = [sys.executable, "-m", "core.cli", "--attach"]
+    parts = [sys.executable, "-m", "tui", "--attach"]
     if config.path and Path(config.path).is_file():
         parts += ["--config", str(Path(config.path).resolve())]
     if target_url:

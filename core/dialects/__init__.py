@@ -13,11 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 
+from ..lock import SyncLock
 from .base import Dialect, Limits
 
-__all__ = ["Dialect", "Limits", "MODULES", "for_backend", "of", "registered", "supported"]
+__all__ = ["Dialect", "Limits", "MODULES", "for_backend", "make_lock", "of", "registered", "supported"]
 
 # SQLAlchemy backend name -> the module here that serves it.
 MODULES = {"sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}
@@ -43,6 +44,11 @@ def of(bind: Any) -> Dialect:
     if found is None:
         raise LookupError(f"no empsync dialect for {name!r}")
     return found
+
+
+def make_lock(engine: Engine, table: str) -> SyncLock:
+    """The sync lock for a table, of the kind its database has."""
+    return of(engine).make_lock(engine, table)
 
 
 def registered() -> list[Dialect]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import ColumnElement, String, Table, type_coerce
 from sqlalchemy.engine import URL, Connection, Engine
@@ -40,9 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 from ..errors import ConfigError, TargetError
-
-if TYPE_CHECKING:
-    from ..lock import SyncLock
+from ..lock import SyncLock
 
 # Firestore's limit, and so the widest id any target must keep exact.
 MAX_ID_BYTES = 1500

@@ -1,6 +1,6 @@
 """Machinery of the fault suite: sizes, seeded randomness, real processes, a steady writer, servers to break.
 
-Sizes: ``EMPSYNC_FAULTS_SIZE=full`` (``make faults``) gives issue 7's sizes;
+Sizes: ``EMPSYNC_FAULTS_SIZE=full`` (``make faults``) gives the full sizes;
 anything else the reduced CI ones. ``EMPSYNC_FAULTS_SEED`` replays the random
 moments of a failed run (every case prints the seed it used).
 """

@@ -1,4 +1,4 @@
-"""API abuse: random methods, paths, headers and bodies against a real service's control API (issue 7).
+"""API abuse: random methods, paths, headers and bodies against a real service's control API.
 
 tests/test_api.py checks every documented status with well-formed requests.
 Here hypothesis writes the requests — byte for byte on a raw socket, so the

@@ -1,4 +1,4 @@
-"""A corpus of malformed documents mixed into thousands of valid ones (issue 7).
+"""A corpus of malformed documents mixed into thousands of valid ones.
 
 tests/test_sync.py checks one malformed document per rule beside a few valid
 ones. Here more than 40 malformed documents — every mapped field, every way

@@ -1,4 +1,4 @@
-"""The emulator stopped and restarted, again and again, under a listening service and a steady write load (issue 7).
+"""The emulator stopped and restarted, again and again, under a listening service and a steady write load.
 
 tests/test_listen.py restarts the emulator once under an in-process service.
 Here a real ``empsync --no-ui`` listens while the app writes at a steady rate;

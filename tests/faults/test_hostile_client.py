@@ -1,4 +1,4 @@
-"""A hostile client against a real ``empsync --no-ui`` (issue 11).
+"""A hostile client against a real ``empsync --no-ui``: no state change, no lost thread, no raw stderr.
 
 test_api_abuse.py throws random bytes at the API; here the attacks are the
 ones a web page, a slow-loris script or a careless client makes, against a

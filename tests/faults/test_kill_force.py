@@ -1,4 +1,4 @@
-"""kill -9 of the service at random moments of a large force run, restarting it each time (issue 7).
+"""kill -9 of the service at random moments of a large force run, restarting it each time.
 
 tests/test_faults_core.py kills one ``empsync sync --force`` once, at a chosen
 point. Here a real ``empsync --no-ui`` is killed ``force_kills`` times, each

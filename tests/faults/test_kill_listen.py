@@ -1,4 +1,4 @@
-"""kill -9 of a listening service while micro-batches flow under a steady write load (issue 7).
+"""kill -9 of a listening service while micro-batches flow under a steady write load.
 
 A real ``empsync --no-ui`` in listen mode, with small batches so that a
 steady stream of app writes keeps it applying micro-batches, is killed at a

@@ -1,4 +1,4 @@
-"""Two services racing for leadership while one of them is killed again and again (issue 7).
+"""Two services racing for leadership while one of them is killed again and again.
 
 tests/test_headless.py shows one kill -9 of a leader handing over to the
 standby. Here two real ``empsync --no-ui`` listen on one MariaDB database

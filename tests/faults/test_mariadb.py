@@ -1,4 +1,4 @@
-"""MariaDB going away under a running service (issue 7): stopped and restarted mid-run, connections killed mid-batch.
+"""MariaDB going away under a running service: stopped and restarted mid-run, connections killed mid-batch.
 
 tests/test_service.py takes a database away for 20 s between runs, in
 process. Here a real ``empsync --no-ui`` is in the middle of a force run when

@@ -47,7 +47,7 @@ from core.engine import RunResult, SyncEngine
 from core.events import BatchApplied
 from core.mapping import RejectError, map_document
 from core.service import SyncService
-from core.state import utcnow
+from core.times import utcnow
 
 from ..conftest import write_docs
 from ..service_support import failing_writes, wait_for

@@ -1,4 +1,4 @@
-"""Hostile document ids and values through a real sync to every text output (issue 11, point 6).
+"""Hostile document ids and values through a real sync to every text output.
 
 Documents whose ids, names and values hold terminal escapes, bidi overrides,
 C1 controls and line separators (a fixed corpus plus fuzzed text, seeded)
