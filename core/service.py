@@ -24,7 +24,7 @@ from typing import Any, cast
 from . import requests as req
 from .backoff import backoff_delay
 from .config import Config, check_interval
-from .contracts import CurrentRun, LeaderView, LiveView, Snapshot, Stats, Status, TicketJson
+from .contracts import CurrentRun, LeaderView, LiveView, RunRow, Snapshot, Stats, Status, TicketJson
 from .dialects import make_lock
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
@@ -243,12 +243,12 @@ class SyncService:
         """Log lines other processes shared above id ``after`` (None: their newest ``limit``), oldest first."""
         return self.shared_log.after(after, not_by=self.identity, limit=limit)
 
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, limit: int = 50) -> list[RunRow]:
         """The run history, newest first, as JSON-ready rows (reads the database: any thread)."""
         from .render import jsonable
 
         with self.engine.db.connect() as conn:
-            return [jsonable(r) for r in self.engine.state.recent_runs(conn, limit=limit)]
+            return [cast(RunRow, jsonable(r)) for r in self.engine.state.recent_runs(conn, limit=limit)]
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)

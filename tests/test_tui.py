@@ -17,6 +17,7 @@ sleep or wall time.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from textual.command import CommandList, CommandPalette
 
 from core.dialects import make_lock
 from core.events import BatchApplied, ChangeRecord
+from core.face import SyncFace
 from core.service import SyncService
 from core.times import utcnow
 from tui import format as fmt
@@ -172,6 +174,28 @@ async def test_q_stops_the_service_and_frees_the_lock(make_config, mysql_url):
 
 
 # -- the console's own behaviour, against the stand-in service (no servers) -----------------
+
+
+def face_members() -> list[str]:
+    return [name for name in vars(SyncFace) if not name.startswith("_")]
+
+
+@pytest.mark.parametrize("implementation", [SyncService, FakeService])
+def test_the_stand_in_and_the_service_have_the_face_the_console_uses(implementation):
+    """Every call of the face Protocol, with its parameters by name, kind and which have defaults: the
+    stand-in cannot drift from what the console may call, nor the service from the Protocol."""
+
+    def shape(function) -> list[tuple[str, Any, bool]]:
+        parameters = inspect.signature(function).parameters.values()
+        return [(p.name, p.kind, p.default is not p.empty) for p in parameters]
+
+    for name in face_members():
+        wanted, got = inspect.getattr_static(SyncFace, name), inspect.getattr_static(implementation, name, None)
+        assert got is not None, f"{implementation.__name__} has no {name}"
+        if isinstance(wanted, property):
+            assert isinstance(got, property), name
+        else:
+            assert shape(got) == shape(wanted), name
 
 
 async def test_f_and_s_queue_runs_whose_events_reach_every_pane():

@@ -36,6 +36,7 @@ from textual.widgets import Footer, Header
 
 from core.errors import EmpsyncError
 from core.events import BatchApplied, RequestUpdate, RunReport, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from core.face import SyncFace
 from core.safe import terminal_safe
 from core.times import utcnow
 
@@ -83,7 +84,7 @@ class EmpsyncApp(App[int]):
 
     def __init__(
         self,
-        service: Any,
+        service: SyncFace,
         config: Any = None,
         *,
         start_service: bool = True,
@@ -383,8 +384,7 @@ class EmpsyncApp(App[int]):
                 gone = True
             if gone:
                 self.hang_up("stdin is no longer a terminal")
-        alive = getattr(self.service, "alive", True)
-        if self.start_service and not alive and not self.quitting and not self._worker_lost:
+        if self.start_service and not self.service.alive and not self.quitting and not self._worker_lost:
             self._worker_lost = True
             log.error("the sync worker has stopped; press q to quit and restart empsync")
             self.toast("The sync worker has stopped. Press q and restart empsync.", severity="error")
