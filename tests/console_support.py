@@ -278,7 +278,7 @@ class FakeService:
         if rows is None:
             return RunResult(status="failed", kind="rollback", reason=f"there is no run #{run}", dry_run=True)
         docs = {r["document_id"] for r in rows}
-        plan = [{"document_id": d, "action": "update"} for d in sorted(docs)]
+        plan = [{"document_id": d, "operation": "update"} for d in sorted(docs)]  # as rollback.describe() has it
         counts = Counts(updated=len(docs))
         return RunResult(
             status="ok", kind="rollback", dry_run=True, counts=counts, would_change=plan, rolled_back=[run]

@@ -258,7 +258,8 @@ async def test_selected_employees_then_the_history_and_a_rollback():
         await pilot.press("escape", "u")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         assert [c.args for c in fake.called("plan_rollback")] == [(ids_run,)]
-        assert "1 row" in app.screen.text and "paused" in app.screen.text
+        assert f"Put back 1 row(s) as they were before run(s) #{ids_run}: 1 updated" in app.screen.text
+        assert "paused" in app.screen.text
         assert not fake.called("rollback"), "nothing is rolled back before the operator says yes"
         await pilot.press("y")
         assert [(c.args, c.kwargs["trigger"]) for c in fake.called("rollback")] == [((ids_run,), "console")]
