@@ -143,11 +143,10 @@ def audit_row(
 
 @dataclass
 class Script:
-    """What the next run does: its changes (in batches), its rejects, or its failure."""
+    """What the next run does: its changes (in batches), or its failure."""
 
     changes: tuple[ChangeRecord, ...] = ()
     batch_size: int = 100
-    rejects: tuple[tuple[str, str], ...] = ()  # (document id, reason)
     fail: str = ""  # the run fails with this reason, as an unreachable source fails it
     hint: str = ""
 
@@ -420,8 +419,8 @@ class FakeService:
         self.bus.emit(SyncStarted(utcnow(), run_id, ticket.kind, ticket.trigger, False))
         log.info("Starting employee sync (%s)", ticket.kind)
         batches = [script.changes[i : i + script.batch_size] for i in range(0, len(script.changes), script.batch_size)]
-        for n, batch in enumerate(batches or [()]):
-            self._apply(run_id, batch, script.rejects if n == 0 else (), counts)
+        for batch in batches or [()]:
+            self._apply(run_id, batch, counts)
             while not self._gate.wait(IDLE_WAIT_S):
                 self._drain(0, runs=False)  # pause and interval are seen during a run, as between batches
             self._drain(0, runs=False)
@@ -449,13 +448,10 @@ class FakeService:
             )
             self.bus.emit(update)
 
-    def _apply(
-        self, run_id: int, batch: tuple[ChangeRecord, ...], rejects: tuple[tuple[str, str], ...], counts: Counts
-    ) -> None:
+    def _apply(self, run_id: int, batch: tuple[ChangeRecord, ...], counts: Counts) -> None:
         counts.fetched += len({r.document_id for r in batch})
         for _, operation in {(r.document_id, r.operation) for r in batch}:  # a document counts once per operation
             setattr(counts, _COUNTER[operation], getattr(counts, _COUNTER[operation]) + 1)
-        counts.rejected += len(rejects)
         audit = [
             audit_row(
                 next(self._audit_ids),
@@ -475,7 +471,7 @@ class FakeService:
             self.run_change_rows.setdefault(run_id, []).extend(audit)
             if self._live["current_run"] is not None:
                 self._live["current_run"] = {**self._live["current_run"], "counts": counts.as_dict()}
-        self.bus.emit(BatchApplied(utcnow(), run_id, counts.as_dict(), batch, rejects, tuple(d for d, _ in rejects)))
+        self.bus.emit(BatchApplied(utcnow(), run_id, counts.as_dict(), batch))
 
     def _finish(self, ticket: Ticket, run_id: int, started: datetime, counts: Counts) -> None:
         duration_ms = int((utcnow() - started).total_seconds() * 1000)
