@@ -52,6 +52,8 @@ class Timings:
     settings_refresh_s: float = 1.0  # interval and pause set from another process are seen within this
     status_refresh_s: float = 5.0
     rollups_refresh_s: float = 60.0
+    # A finished run is news for the hourly figures: read them again soon, but not at every run.
+    rollups_after_run_s: float = 10.0
     lead_retry_s: float = 2.0  # how often a standby tries for the lock
     lead_check_s: float = 5.0  # how often a leader re-checks it still holds the lock
     backoff_base_s: float = 5.0  # after a failed run
@@ -142,7 +144,7 @@ class SyncService:
         self._leader_view: LeaderView | None = None  # the leader's published view, while this one does not lead
         self._db_status: Status | None = None  # None until the database is first read
         self._db_error: str | None = None  # why the last read of it failed
-        self._rollups_due = 0.0
+        self._rollups_due = self._rollups_read_at = 0.0
         self._stats: Stats | None = None
         self._interval = config.sync.interval
         self._interval_source = config.interval_source
@@ -765,7 +767,8 @@ class SyncService:
                 self._db_error = exc.message
             return
         if rollups:
-            self._rollups_due = time.monotonic() + self.timings.rollups_refresh_s
+            self._rollups_read_at = time.monotonic()
+            self._rollups_due = self._rollups_read_at + self.timings.rollups_refresh_s
         with self._snapshot_lock:
             if not rollups and self._stats is not None:
                 stats["hourly"], stats["daily"] = self._stats["hourly"], self._stats["daily"]
@@ -800,6 +803,7 @@ class SyncService:
             self._drain_commands(runs=False)
             self._exchange_requests()
         elif isinstance(event, (SyncFinished, SyncFailed)):
+            self._rollups_due = min(self._rollups_due, self._rollups_read_at + self.timings.rollups_after_run_s)
             with self._snapshot_lock:
                 self._live.current_run = None
                 if isinstance(event, SyncFinished) and not event.result.dry_run and self._db_status is not None:
