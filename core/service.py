@@ -24,7 +24,7 @@ from typing import Any, cast
 from . import requests as req
 from .backoff import backoff_delay
 from .config import Config, check_interval
-from .contracts import CurrentRun, LeaderView, LiveView, Snapshot, Stats, Status, TicketJson
+from .contracts import CurrentRun, LeaderView, LiveView, RunRow, Snapshot, Stats, Status, TicketJson
 from .dialects import make_lock
 from .engine import RunResult, SyncEngine
 from .errors import EmpsyncError
@@ -43,19 +43,26 @@ from .timetable import JobKind, Timetable
 
 log = logging.getLogger("empsync.service")
 
-TICK_S = 0.2  # the worker's idle wait: commands are seen within this
-SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen within this
-STATUS_REFRESH_S = 5.0
-ROLLUPS_REFRESH_S = 60.0
-# A finished run is news for the hourly figures: read them again soon, but not at every run.
-ROLLUPS_AFTER_RUN_S = 10.0
-LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
-LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
-BACKOFF_BASE_S = 5.0  # after a failed run
-BACKOFF_CAP_S = 300.0
-LEAD_BACKOFF_BASE_S = 2.0  # after the database could not be reached for the lock
-LEAD_BACKOFF_CAP_S = 60.0
-REQUESTS_S = 1.0  # how often a leader looks for requests, and an asker at the ones it sent
+
+@dataclass(frozen=True)
+class Timings:
+    """How often the worker looks at things, in seconds: these defaults ship; tests pass shorter ones."""
+
+    tick_s: float = 0.2  # the worker's idle wait: commands are seen within this
+    settings_refresh_s: float = 1.0  # interval and pause set from another process are seen within this
+    status_refresh_s: float = 5.0
+    rollups_refresh_s: float = 60.0
+    # A finished run is news for the hourly figures: read them again soon, but not at every run.
+    rollups_after_run_s: float = 10.0
+    lead_retry_s: float = 2.0  # how often a standby tries for the lock
+    lead_check_s: float = 5.0  # how often a leader re-checks it still holds the lock
+    backoff_base_s: float = 5.0  # after a failed run
+    backoff_cap_s: float = 300.0
+    lead_backoff_base_s: float = 2.0  # after the database could not be reached for the lock
+    lead_backoff_cap_s: float = 60.0
+    requests_s: float = 1.0  # how often a leader looks for requests, and an asker at the ones it sent
+
+
 # Requests that run once each, in the order asked (normal and force requests coalesce instead).
 ONE_OFF_KINDS = ("ids", "rollback")
 RUN_KINDS = ("normal", "force", *ONE_OFF_KINDS)  # the request kinds this version runs
@@ -113,8 +120,10 @@ class SyncService:
         engine: SyncEngine | None = None,
         bus: EventBus | None = None,
         attach: bool = False,
+        timings: Timings = Timings(),
     ) -> None:
         self.config = config
+        self.timings = timings
         self.bus = bus or EventBus()
         self.engine = engine or SyncEngine(config, bus=self.bus)
         self.engine.bus = self.bus
@@ -220,12 +229,28 @@ class SyncService:
         """One run's field-level changes, oldest first (reads the database: any thread)."""
         return self.engine.state.changes_of_run(run, limit)
 
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent_changes(self, limit: int = 50, needle: str = "") -> list[dict[str, Any]]:
+        """The newest field-level changes, newest first; ``needle``: those whose id or name holds it (any thread)."""
+        return self.engine.state.recent_changes(limit=limit, needle=needle)
+
+    def rejects(self) -> list[dict[str, Any]]:
+        """The open rejects, newest first (reads the database: any thread)."""
+        return self.engine.state.rejects()
+
+    def changes_by_others(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Audit rows above id ``after`` written by other processes' runs, oldest first: the leader's, to a standby."""
+        return self.engine.state.changes_after(after, limit=limit, not_by=self.identity)
+
+    def log_by_others(self, after: int | None, limit: int = 500) -> list[dict[str, Any]]:
+        """Log lines other processes shared above id ``after`` (None: their newest ``limit``), oldest first."""
+        return self.shared_log.after(after, not_by=self.identity, limit=limit)
+
+    def runs(self, limit: int = 50) -> list[RunRow]:
         """The run history, newest first, as JSON-ready rows (reads the database: any thread)."""
         from .render import jsonable
 
         with self.engine.db.connect() as conn:
-            return [jsonable(r) for r in self.engine.state.recent_runs(conn, limit=limit)]
+            return [cast(RunRow, jsonable(r)) for r in self.engine.state.recent_runs(conn, limit=limit)]
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)
@@ -274,17 +299,17 @@ class SyncService:
         else:
             log.info("Starting empsync service %s (mode %s)", self.identity, self.config.sync.mode)
         next_lead_try = next_settings = next_status = 0.0
-        next_lead_check = time.monotonic() + LEAD_CHECK_S
+        next_lead_check = time.monotonic() + self.timings.lead_check_s
         lead_failures = 0
         try:
             while not self._stop.is_set():
                 try:
                     now = time.monotonic()
                     if now >= next_settings:
-                        next_settings = now + SETTINGS_REFRESH_S
+                        next_settings = now + self.timings.settings_refresh_s
                         self._refresh_settings()
                     if now >= next_status:
-                        first, next_status = next_status == 0.0, now + STATUS_REFRESH_S
+                        first, next_status = next_status == 0.0, now + self.timings.status_refresh_s
                         self._refresh_status(count_documents=not first)  # leading never waits on a count
                     self._exchange_requests()
                     if self.attach:
@@ -293,27 +318,29 @@ class SyncService:
                         try:
                             self._try_lead()
                             lead_failures = 0
-                            next_lead_try = now + LEAD_RETRY_S
+                            next_lead_try = now + self.timings.lead_retry_s
                         except EmpsyncError as exc:
                             lead_failures += 1
-                            next_lead_try = now + backoff_delay(lead_failures, LEAD_BACKOFF_BASE_S, LEAD_BACKOFF_CAP_S)
+                            next_lead_try = now + backoff_delay(
+                                lead_failures, self.timings.lead_backoff_base_s, self.timings.lead_backoff_cap_s
+                            )
                             self._set_state("error", f"{exc.message} (retrying)")
                     elif self.is_leader and now >= next_lead_check:
-                        next_lead_check = now + LEAD_CHECK_S
+                        next_lead_check = now + self.timings.lead_check_s
                         self._check_lead()
                     if self.is_leader:
                         self._run_due_work()
                     if self.is_leader and self.listening_mode and not self._paused:
                         # The listener's hand-off is the wait here, so a change is applied
                         # the moment it arrives; commands are still seen every tick.
-                        self._mirror().tick(wait=TICK_S)
+                        self._mirror().tick(wait=self.timings.tick_s)
                         self._drain_commands()
                     else:
                         if self._paused and self._live_mirror is not None and self._live_mirror.state != "stopped":
                             # Paused means no sync of its own: a listener would undo a rollback, say.
                             self._live_mirror.stop("ok", "paused")
                             self._set_state(self._idle_state())
-                        self._drain_commands(timeout=TICK_S)
+                        self._drain_commands(timeout=self.timings.tick_s)
                 except Exception:  # noqa: BLE001 - a bug in one step must never kill the worker
                     log.exception("unexpected error on the sync worker; carrying on")
                     self._stop.wait(1.0)
@@ -403,11 +430,11 @@ class SyncService:
     # -- requests between processes (core/requests.py, core/exchange.py) -------------
 
     def _exchange_requests(self) -> None:
-        """At most every ``REQUESTS_S``: a leader takes the queued requests; an asker follows its own."""
+        """At most every ``timings.requests_s``: a leader takes the queued requests; an asker follows its own."""
         now = time.monotonic()
         if now < self._next_requests:
             return
-        self._next_requests = now + REQUESTS_S
+        self._next_requests = now + self.timings.requests_s
         if self.is_leader:
             for request in self._inbox.take():
                 self._accept(request)
@@ -669,7 +696,7 @@ class SyncService:
                 self._set_state("error", result.reason)
         elif result.status == "failed":
             self._failures += 1
-            delay = backoff_delay(self._failures, BACKOFF_BASE_S, BACKOFF_CAP_S)
+            delay = backoff_delay(self._failures, self.timings.backoff_base_s, self.timings.backoff_cap_s)
             self._retry_at, self._retry_force = time.monotonic() + delay, force
             with self._snapshot_lock:
                 self._live.failures = self._failures
@@ -741,7 +768,7 @@ class SyncService:
             return
         if rollups:
             self._rollups_read_at = time.monotonic()
-            self._rollups_due = self._rollups_read_at + ROLLUPS_REFRESH_S
+            self._rollups_due = self._rollups_read_at + self.timings.rollups_refresh_s
         with self._snapshot_lock:
             if not rollups and self._stats is not None:
                 stats["hourly"], stats["daily"] = self._stats["hourly"], self._stats["daily"]
@@ -776,7 +803,7 @@ class SyncService:
             self._drain_commands(runs=False)
             self._exchange_requests()
         elif isinstance(event, (SyncFinished, SyncFailed)):
-            self._rollups_due = min(self._rollups_due, self._rollups_read_at + ROLLUPS_AFTER_RUN_S)
+            self._rollups_due = min(self._rollups_due, self._rollups_read_at + self.timings.rollups_after_run_s)
             with self._snapshot_lock:
                 self._live.current_run = None
                 if isinstance(event, SyncFinished) and not event.result.dry_run and self._db_status is not None:

@@ -282,10 +282,11 @@ class State:
         ch = self.t.changes
         stmt, name = self._changes_query()
         if needle:
-            like = f"%{needle}%"
-            clauses = [ch.c.document_id.like(like)]
+            # In any case (ASCII case, where the database folds no more), as the console's own filter matches;
+            # % and _ are the operator's, not wildcards.
+            clauses = [self.db.dialect.id_text(ch.c.document_id).icontains(needle, autoescape=True)]
             if name is not None:
-                clauses.append(name.like(like))
+                clauses.append(name.icontains(needle, autoescape=True))
             stmt = stmt.where(or_(*clauses))
         stmt = stmt.order_by(ch.c.id.desc()).limit(limit)
         with self.db.connect() as conn:

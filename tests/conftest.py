@@ -55,6 +55,23 @@ EMPLOYEE_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+# Fixtures that start a server (or pick one by parameter): a test that asks for one is an integration test.
+SERVER_FIXTURES = frozenset({"emulator", "mariadb", "postgres", "target_url", "server_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make unit`` (``-m "not integration"``) starts no server: refuse a test that would and is not marked."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server but are not marked integration:\n  " + "\n  ".join(unmarked)
+        )
+
+
 def _unavailable(what: str, exc: Exception) -> None:
     message = f"{what} unavailable: {exc}"
     if IN_CI:

@@ -1,9 +1,10 @@
 """The sync service in-process, against the real emulator and real targets.
 
-Scheduled runs, live interval changes, pause, disabled mode, a job's exception, one leader on a lost lock connection, and
-recovery from a database outage; the lock and the outage on MariaDB and on
-PostgreSQL. The contract's smallest interval is 10 s; for
-second-scale schedules these tests lower the module constants in-process.
+Scheduled runs, live interval changes, pause, disabled mode, a job's
+exception, one leader on a lost lock connection, and recovery from a
+database outage; the lock and the outage on MariaDB and on PostgreSQL. The contract's smallest interval is 10 s; for
+second-scale schedules these tests lower the config's bound in-process and
+give the service shorter timings.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from datetime import timedelta
 import pytest
 
 import core.config
-import core.service as service_mod
 from core import config as cfg
 from core.backoff import backoff_delay
 from core.errors import ConfigError
 from core.events import StatusChanged, SyncFailed, SyncFinished, SyncStarted
-from core.service import SyncService
+from core.service import SyncService, Timings
 from core.times import parse_iso, utcnow
 
 from .conftest import employee, run_cli, started, write_docs, write_toml
@@ -32,17 +32,22 @@ from .service_support import Events, mirror_rows, running, runs_table, stored_st
 pytestmark = pytest.mark.integration
 
 
+FAST = Timings(
+    lead_check_s=0.3,
+    lead_retry_s=0.3,
+    lead_backoff_base_s=0.2,
+    lead_backoff_cap_s=1.0,
+    backoff_base_s=0.2,
+    backoff_cap_s=1.0,
+    status_refresh_s=0.5,
+)
+
+
 @pytest.fixture
-def fast(monkeypatch):
-    """Second-scale timing: intervals from 1 s, quick leadership checks, short backoff."""
-    monkeypatch.setattr(core.config, "INTERVAL_MIN", 1)
-    monkeypatch.setattr(service_mod, "LEAD_CHECK_S", 0.3)
-    monkeypatch.setattr(service_mod, "LEAD_RETRY_S", 0.3)
-    monkeypatch.setattr(service_mod, "LEAD_BACKOFF_BASE_S", 0.2)
-    monkeypatch.setattr(service_mod, "LEAD_BACKOFF_CAP_S", 1.0)
-    monkeypatch.setattr(service_mod, "BACKOFF_BASE_S", 0.2)
-    monkeypatch.setattr(service_mod, "BACKOFF_CAP_S", 1.0)
-    monkeypatch.setattr(service_mod, "STATUS_REFRESH_S", 0.5)
+def fast(monkeypatch) -> Timings:
+    """Second-scale timing for a service: intervals from 1 s, quick leadership checks, short backoff."""
+    monkeypatch.setattr(core.config, "INTERVAL_MIN", 1)  # the config's bound, below the contract's 10 s
+    return FAST
 
 
 def cli_toml(tmp_path, config: cfg.Config, **sync):
@@ -63,7 +68,7 @@ def scheduled_starts(events: Events, mark: int = 0) -> list[SyncStarted]:
 def test_scheduled_runs_happen_one_at_a_time(fast, make_config, target_url, firestore_client):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(5)})
     config = make_config(target_url, sync={"interval": 1, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         first = events.wait_finished(1, trigger="schedule")[0]
@@ -88,7 +93,7 @@ def test_scheduled_runs_happen_one_at_a_time(fast, make_config, target_url, fire
 def test_a_missed_tick_runs_once_and_manual_runs_queue(fast, make_config, sqlite_url, firestore_client):
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 2, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     slow_started = threading.Event()
     release = threading.Event()
@@ -141,7 +146,7 @@ def test_a_missed_tick_runs_once_and_manual_runs_queue(fast, make_config, sqlite
 def test_set_interval_is_picked_up_live(fast, make_config, sqlite_url, firestore_client):
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 3600, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(1, trigger="schedule")
@@ -208,7 +213,7 @@ def test_pause_and_resume_in_process_and_from_a_shell(fast, make_config, sqlite_
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 1, "force_interval": 3600})
     toml = cli_toml(tmp_path, config)
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(2, trigger="schedule")
@@ -256,7 +261,7 @@ def test_disabled_stops_scheduled_runs_only(fast, how, make_config, sqlite_url, 
         base, sync=dataclasses.replace(base.sync, enabled=how != "file")
     ))), env=env)  # fmt: skip
     assert config.sync.enabled is False
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         wait_for(lambda: service.snapshot()["state"] == "disabled", 10, "state disabled")
@@ -287,7 +292,7 @@ def test_disabled_stops_scheduled_runs_only(fast, how, make_config, sqlite_url, 
 def test_a_failing_job_is_a_failed_run_and_the_worker_lives_on(fast, make_config, sqlite_url, firestore_client):
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(sqlite_url, sync={"interval": 1, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(1, trigger="schedule")
@@ -336,7 +341,7 @@ def test_a_lost_lock_connection_drops_leadership_until_regained(fast, make_confi
     url = request.getfixturevalue("mysql_url" if server == "mariadb" else "postgresql_url")
     write_docs(firestore_client, {"a": employee(1)})
     config = make_config(url, sync={"interval": 3600, "force_interval": 3600})
-    service = SyncService(config)
+    service = SyncService(config, timings=fast)
     events = Events(service)
     with running(service):
         events.wait_finished(1, trigger="schedule")
@@ -375,7 +380,7 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
     try:
         config = make_config(server.url(server.create_database("outage")), sync={"interval": 1, "force_interval": 3600})
         write_docs(firestore_client, {f"e{i}": employee(i) for i in range(10)})
-        service = SyncService(config)
+        service = SyncService(config, timings=fast)
         events = Events(service)
         with running(service):
             events.wait_finished(1, trigger="schedule")
@@ -404,7 +409,7 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
             wait_for(caught_up, 60, "the backlog synced after the database came back")
             wait_leading(service, timeout=30)
             assert service._thread is worker and service.alive
-            # Capped backoff, not a hot loop: with these shortened constants at most one try a
+            # Capped backoff, not a hot loop: with these shortened timings at most one try a
             # fraction of a second; the real curve is checked in test_backoff_curve below.
             assert len(failures) <= 40
         events.assert_never_overlapped()
@@ -412,16 +417,56 @@ def test_a_database_outage_recovers_without_a_restart(fast, make_config, firesto
         server.destroy()
 
 
+def test_the_consoles_reads_through_the_service(make_config, target_url, firestore_client, tmp_path):
+    """What a console reads through the face: recent changes (filtered by id or name in any case, % and _
+    as themselves), the rejects, one run's changes, and what other processes' runs and log lines added, never its own."""
+    write_docs(
+        firestore_client,
+        {"e1": employee(1, name="Alice Silva"), "e2": employee(2), "bad": employee(3, salary="lots")},
+    )
+    config = make_config(target_url)
+    other = run_cli("sync", "--force", "--config", str(cli_toml(tmp_path, config)))  # another process's run
+    assert other.returncode == 0, other.stderr
+    service = SyncService(config)
+    try:
+        theirs = service.changes_by_others(0)
+        assert sorted((r["document_id"], r["operation"]) for r in theirs) == [("e1", "insert"), ("e2", "insert")]
+        assert [r["document_id"] for r in service.rejects()] == ["bad"]
+        assert "salary" in service.rejects()[0]["reason"]
+
+        write_docs(firestore_client, {"e2": employee(2, salary=1)})
+        ours = service.engine.run(trigger="console")  # this process's own run
+        assert ours.status == "ok" and ours.counts.updated == 1
+        assert service.changes_by_others(max(r["id"] for r in theirs)) == [], "its own run is not another's"
+        changed = {r["field"]: r["new_value"] for r in service.run_changes(ours.run_id)}
+        assert changed["salary"] == "1" and set(changed) == {"salary", "updated_at"}
+
+        newest = service.recent_changes(limit=10)
+        assert [r["document_id"] for r in newest[:2]] == ["e2", "e2"] and len(newest) == 4  # its two fields first
+        for needle in ("silva", "SILVA", "e1", "E1"):
+            assert [r["document_id"] for r in service.recent_changes(needle=needle)] == ["e1"], needle
+        assert service.recent_changes(needle="e_") == [] and service.recent_changes(needle="%") == []  # no wildcards
+
+        at = utcnow()
+        line = {"at": at, "level": "INFO", "logger": "empsync.sync", "text": "a line"}
+        service.shared_log.write([{**line, "service": "other-host:1"}, {**line, "service": service.identity}])
+        assert [r["service"] for r in service.log_by_others(None)] == ["other-host:1"]
+        assert service.log_by_others(service.log_by_others(None)[-1]["id"]) == []
+    finally:
+        service.engine.close()
+
+
 def test_backoff_curve_is_capped_exponential_with_jitter():
-    """Five minutes of outage cost a handful of attempts with the shipped constants."""
+    """Five minutes of outage cost a handful of attempts with the shipped timings."""
+    shipped = Timings()
     for failures in range(1, 30):
-        full = min(service_mod.BACKOFF_CAP_S, service_mod.BACKOFF_BASE_S * 2 ** (failures - 1))
-        delays = {backoff_delay(failures, service_mod.BACKOFF_BASE_S, service_mod.BACKOFF_CAP_S) for _ in range(50)}
+        full = min(shipped.backoff_cap_s, shipped.backoff_base_s * 2 ** (failures - 1))
+        delays = {backoff_delay(failures, shipped.backoff_base_s, shipped.backoff_cap_s) for _ in range(50)}
         assert all(full / 2 <= d <= full for d in delays)
         assert len(delays) > 1, "jitter"
     for base, cap in (
-        (service_mod.BACKOFF_BASE_S, service_mod.BACKOFF_CAP_S),
-        (service_mod.LEAD_BACKOFF_BASE_S, service_mod.LEAD_BACKOFF_CAP_S),
+        (shipped.backoff_base_s, shipped.backoff_cap_s),
+        (shipped.lead_backoff_base_s, shipped.lead_backoff_cap_s),
     ):
         elapsed, attempts = 0.0, 0
         while elapsed < 300:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from core.engine import SyncEngine
 
 from .conftest import employee, write_docs
+
+pytestmark = pytest.mark.integration
 
 
 def test_first_run_inserts_every_valid_document(make_config, target_url, firestore_client):

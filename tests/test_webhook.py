@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core import config as cfg
 from core import webhook
 from core.api import ControlApi
 from core.errors import ConfigError
@@ -218,8 +219,16 @@ def test_without_a_secret_a_signed_request_is_refused_saying_why(make_config, sq
         served.api.stop()
 
 
-def test_a_weak_webhook_secret_is_refused_at_start(make_config, sqlite_url):
-    config = make_config(sqlite_url, api={"enabled": True, "port": 0, "webhook_secret": "short"})
+def test_a_weak_webhook_secret_is_refused_at_start(sqlite_url):
+    """A secret under 16 characters, or with spaces, stops the API from starting and names the key (no server needed)."""
+    config = cfg.from_dict(
+        {
+            "source": {"project": "p", "emulator_host": "127.0.0.1:1"},
+            "target": {"url": sqlite_url},
+            "fields": {"name": {}},
+            "api": {"enabled": True, "port": 0, "webhook_secret": "short"},
+        }
+    )
     with pytest.raises(ConfigError) as info:
         ControlApi(SyncService(config), config.api)
     assert info.value.key == "api.webhook_secret" and "16" in info.value.message

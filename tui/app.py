@@ -35,6 +35,8 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Header
 
 from core.errors import EmpsyncError
+from core.events import BatchApplied, RequestUpdate, RunReport, StatusChanged, SyncFailed, SyncFinished, SyncStarted
+from core.face import SyncFace
 from core.safe import terminal_safe
 from core.times import utcnow
 
@@ -82,7 +84,7 @@ class EmpsyncApp(App[int]):
 
     def __init__(
         self,
-        service: Any,
+        service: SyncFace,
         config: Any = None,
         *,
         start_service: bool = True,
@@ -219,36 +221,38 @@ class EmpsyncApp(App[int]):
         if len(self._pending_log) > 2 * MAX_LINES:
             del self._pending_log[:-MAX_LINES]
 
-    @on(msg.BatchApplied)
-    def _on_batch(self, message: msg.BatchApplied) -> None:
+    @on(msg.CoreEvent)
+    def _on_core_event(self, message: msg.CoreEvent) -> None:
+        """What the service said, by the event's type; each one shown marks the panes for the next flush."""
         self.bridge.handled()
-        self._pending_changes.extend(message.changes)
-        if len(self._pending_changes) > 2 * MAX_CHANGES:
-            del self._pending_changes[:-MAX_CHANGES]
+        match message.event:
+            case BatchApplied(changes=changes):
+                self._pending_changes.extend(changes)
+                if len(self._pending_changes) > 2 * MAX_CHANGES:
+                    del self._pending_changes[:-MAX_CHANGES]
+            case SyncStarted():
+                pass  # the Status pane shows the run from the snapshot
+            case SyncFinished(result=result):
+                self._finished(result)
+            case SyncFailed() as failed:
+                self._failed(failed)
+            case StatusChanged() as status:
+                self._status_changed(status)
+            case RequestUpdate() as update:
+                self._request_update(update)
+            case _:
+                return  # not shown here (a notification's outcome, say)
         self._dirty = True
 
-    @on(msg.SyncStarted)
-    def _on_started(self, message: msg.SyncStarted) -> None:
-        self.bridge.handled()
-        self._dirty = True
-
-    @on(msg.SyncFinished)
-    def _on_finished(self, message: msg.SyncFinished) -> None:
-        self.bridge.handled()
-        self._dirty = True
-        result = message.result
-        if getattr(result, "trigger", "") == "console":
+    def _finished(self, result: RunReport) -> None:
+        if result.trigger == "console":
             if result.kind == "rollback":
                 self.toast(result.reason, title="Rolled back")
                 return
             self.toast(_done_text(result))
 
-    @on(msg.RequestUpdate)
-    def _on_request_update(self, message: msg.RequestUpdate) -> None:
+    def _request_update(self, event: RequestUpdate) -> None:
         """A run this console asked of the leading process: its start and its end, as toasts."""
-        self.bridge.handled()
-        self._dirty = True
-        event = message.event
         if event.trigger != "console":
             return  # asked by this process's API: its caller follows it
         what = WHAT.get(event.kind, "Sync")
@@ -275,30 +279,24 @@ class EmpsyncApp(App[int]):
                 title=f"{what} failed on {by}",
             )
 
-    @on(msg.SyncFailed)
-    def _on_failed(self, message: msg.SyncFailed) -> None:
-        self.bridge.handled()
-        self._dirty = True
-        if message.hint:
-            self.console_log("INFO", f"Hint: {message.hint}", message.at)
-        self.toast(message.error + (f"\n{message.hint}" if message.hint else ""), severity="error", title="Sync failed")
+    def _failed(self, event: SyncFailed) -> None:
+        if event.hint:
+            self.console_log("INFO", f"Hint: {event.hint}", event.at)
+        self.toast(event.error + (f"\n{event.hint}" if event.hint else ""), severity="error", title="Sync failed")
 
-    @on(msg.StatusChanged)
-    def _on_status(self, message: msg.StatusChanged) -> None:
-        self.bridge.handled()
-        self._dirty = True
-        level = "ERROR" if message.state == "error" else ("WARNING" if message.state == "standby" else "INFO")
-        routine = message.state == "syncing" or (message.state == "idle" and self._last_state in ROUTINE)
+    def _status_changed(self, event: StatusChanged) -> None:
+        level = "ERROR" if event.state == "error" else ("WARNING" if event.state == "standby" else "INFO")
+        routine = event.state == "syncing" or (event.state == "idle" and self._last_state in ROUTINE)
         if not routine:  # a run logs its own start and end; the Log says when something else happens
-            self.console_log(level, f"Status: {message.state}" + (f" ({message.detail})" if message.detail else ""))
-        self._last_state = message.state
-        if message.state == "paused":
+            self.console_log(level, f"Status: {event.state}" + (f" ({event.detail})" if event.detail else ""))
+        self._last_state = event.state
+        if event.state == "paused":
             self.paused = True
             self.refresh_bindings()
-        elif message.state in ("idle", "listening"):
+        elif event.state in ("idle", "listening"):
             self.paused = False
             self.refresh_bindings()
-        if not self._history_loaded and message.state not in ("starting", "error", "stopped"):
+        if not self._history_loaded and event.state not in ("starting", "error", "stopped"):
             self._history_loaded = True  # the schema exists once the service has got this far
             self._load_changes("")
 
@@ -386,8 +384,7 @@ class EmpsyncApp(App[int]):
                 gone = True
             if gone:
                 self.hang_up("stdin is no longer a terminal")
-        alive = getattr(self.service, "alive", True)
-        if self.start_service and not alive and not self.quitting and not self._worker_lost:
+        if self.start_service and not self.service.alive and not self.quitting and not self._worker_lost:
             self._worker_lost = True
             log.error("the sync worker has stopped; press q to quit and restart empsync")
             self.toast("The sync worker has stopped. Press q and restart empsync.", severity="error")
@@ -603,17 +600,10 @@ class EmpsyncApp(App[int]):
 
     # -- thread workers (database reads, the blocking stop) ------------------------------
 
-    def _state(self) -> Any:
-        engine = getattr(self.service, "engine", None)
-        return getattr(engine, "state", None)
-
     @work(thread=True, exclusive=True, group="changes", exit_on_error=False)
     def _load_changes(self, needle: str) -> None:
-        state = self._state()
-        if state is None:
-            return
         try:
-            rows = state.recent_changes(limit=MAX_CHANGES, needle=needle)
+            rows = self.service.recent_changes(limit=MAX_CHANGES, needle=needle)
         except EmpsyncError as exc:
             log.warning("could not read recent changes: %s", exc.message)
             self.post_message(msg.ChangesLoaded(None, needle))
@@ -622,9 +612,9 @@ class EmpsyncApp(App[int]):
 
     def _follow_others(self) -> None:
         """Once a second while another process leads (and once after taking over): what it wrote."""
-        service, cursor = self.service, self._change_cursor
-        if cursor is None or not hasattr(service, "shared_log") or self.quitting:
-            return  # a stand-in face (rendering tests), or no history yet
+        cursor = self._change_cursor
+        if cursor is None or self.quitting:
+            return  # no history yet
         leading = bool(self._snapshot().get("is_leader"))
         if leading and self._caught_up:
             self.set_timer(REMOTE_S, self._follow_others)  # our own events show everything now
@@ -633,10 +623,9 @@ class EmpsyncApp(App[int]):
 
     @work(thread=True, exclusive=True, group="remote", exit_on_error=False)
     def _read_others(self, changes_after: int, lines_after: int | None, leading: bool) -> None:
-        me = self.service.identity
         try:
-            changes = self.service.engine.state.changes_after(changes_after, limit=MAX_CHANGES, not_by=me)
-            lines = self.service.shared_log.after(lines_after, not_by=me, limit=REMOTE_LOG_LINES)
+            changes = self.service.changes_by_others(changes_after, limit=MAX_CHANGES)
+            lines = self.service.log_by_others(lines_after, limit=REMOTE_LOG_LINES)
         except EmpsyncError:
             self.post_message(msg.RemoteLoaded(None, None, leading))
             return
@@ -644,12 +633,8 @@ class EmpsyncApp(App[int]):
 
     @work(thread=True, exclusive=True, group="rejects", exit_on_error=False)
     def _load_rejects(self) -> None:
-        state = self._state()
-        if state is None:
-            self.post_message(msg.RejectsLoaded([], "this console has no database to read"))
-            return
         try:
-            rows = state.rejects()
+            rows = self.service.rejects()
         except EmpsyncError as exc:
             self.post_message(msg.RejectsLoaded([], exc.message))
             return
@@ -692,7 +677,7 @@ def _serve_api(service: Any, config: Any) -> Any:
 WHAT = {"force": "Force sync", "ids": "Sync of selected employees", "rollback": "Rollback"}
 
 
-def _done_text(result: Any, by: str = "") -> str:
+def _done_text(result: RunReport, by: str = "") -> str:
     """A finished run's toast (``result``: a ``RunReport``); ``by``: the leader that made it for us."""
     c = result.counts
     written = c.inserted + c.updated + c.deleted + c.repaired

@@ -16,13 +16,14 @@ import logging
 import threading
 from collections import deque
 
+from textual.message import Message
 from textual.message_pump import MessagePump
 
 from core.events import Event
 from core.logs import add_filters, record_text
 from core.times import from_timestamp
 
-from .messages import LogLine, ServiceMessage, from_event
+from .messages import CoreEvent, LogLine
 
 MAX_IN_FLIGHT = 1000  # log lines beyond this many unhandled messages are shed
 EARLY_LINES = 2000  # log lines kept from before the App is ready
@@ -37,12 +38,10 @@ class Bridge:
         self._dropped = 0
 
     def on_event(self, event: Event) -> None:
-        """The service subscriber: called on the worker thread."""
-        message = from_event(event)
-        if message is not None:
-            self.post(message)
+        """The service subscriber: called on the worker thread; the event goes to the App as it is."""
+        self.post(CoreEvent(event))
 
-    def post(self, message: ServiceMessage) -> bool:
+    def post(self, message: Message) -> bool:
         is_log = isinstance(message, LogLine)
         with self._lock:
             if is_log and self._in_flight >= self._max:

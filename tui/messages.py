@@ -1,8 +1,9 @@
-"""Textual messages: the core's events as they arrive on the event loop.
+"""Textual messages: the core's events as they arrive on the event loop, and the console's own.
 
-One message type per core event (``core/events.py``), plus the console's own.
-The service's worker thread only ever posts these (``post_message`` is
-thread-safe); everything that touches a widget happens in their handlers.
+A core event travels as it is, inside one ``CoreEvent``: its frozen
+dataclass is the message's data, so nothing here re-declares it. Other
+threads only ever post these (``post_message`` is thread-safe); everything
+that touches a widget happens in their handlers.
 """
 
 from __future__ import annotations
@@ -15,85 +16,23 @@ from textual.message import Message
 from core import events as core
 
 
-class ServiceMessage(Message):
-    """A core event carried to the event loop."""
+class CoreEvent(Message):
+    """A core event (``core.events``: frozen data) carried to the event loop as it is; the App matches on its type."""
 
-    def __init__(self, at: datetime) -> None:
+    def __init__(self, event: core.Event) -> None:
         super().__init__()
-        self.at = at
-
-
-class SyncStarted(ServiceMessage):
-    def __init__(self, at: datetime, run_id: int | None, kind: str, trigger: str, dry_run: bool) -> None:
-        super().__init__(at)
-        self.run_id, self.kind, self.trigger, self.dry_run = run_id, kind, trigger, dry_run
-
-
-class BatchApplied(ServiceMessage):
-    def __init__(
-        self,
-        at: datetime,
-        run_id: int | None,
-        counts: dict[str, int],
-        changes: tuple[core.ChangeRecord, ...],
-        rejects: tuple[tuple[str, str], ...],
-    ) -> None:
-        super().__init__(at)
-        self.run_id, self.counts, self.changes, self.rejects = run_id, counts, changes, rejects
-
-
-class SyncFinished(ServiceMessage):
-    def __init__(self, at: datetime, result: Any) -> None:
-        super().__init__(at)
-        self.result = result
-
-
-class SyncFailed(ServiceMessage):
-    def __init__(self, at: datetime, run_id: int | None, kind: str, error: str, hint: str) -> None:
-        super().__init__(at)
-        self.run_id, self.kind, self.error, self.hint = run_id, kind, error, hint
-
-
-class StatusChanged(ServiceMessage):
-    def __init__(self, at: datetime, state: str, detail: str, snapshot: dict[str, Any]) -> None:
-        super().__init__(at)
-        self.state, self.detail, self.snapshot = state, detail, snapshot
-
-
-class LogLine(ServiceMessage):
-    """One log record; ``source`` names the process it came from when that is not this one."""
-
-    def __init__(self, at: datetime, level: str, logger: str, text: str, source: str = "") -> None:
-        super().__init__(at)
-        self.level, self.logger, self.text, self.source = level, logger, text, source
-
-
-class RequestUpdate(ServiceMessage):
-    """A run this console asked of the leading process moved on (``core.events.RequestUpdate``)."""
-
-    def __init__(self, event: core.RequestUpdate) -> None:
-        super().__init__(event.at)
         self.event = event
 
 
-def from_event(event: core.Event) -> ServiceMessage | None:
-    """The message for a core event, or None for an event the console does not show."""
-    if isinstance(event, core.BatchApplied):
-        return BatchApplied(event.at, event.run_id, dict(event.counts), event.changes, event.rejects)
-    if isinstance(event, core.SyncStarted):
-        return SyncStarted(event.at, event.run_id, event.kind, event.trigger, event.dry_run)
-    if isinstance(event, core.SyncFinished):
-        return SyncFinished(event.at, event.result)
-    if isinstance(event, core.SyncFailed):
-        return SyncFailed(event.at, event.run_id, event.kind, event.error, event.hint)
-    if isinstance(event, core.StatusChanged):
-        return StatusChanged(event.at, event.state, event.detail, dict(event.snapshot))
-    if isinstance(event, core.RequestUpdate):
-        return RequestUpdate(event)
-    return None
-
-
 # -- the console's own -----------------------------------------------------------
+
+
+class LogLine(Message):
+    """One log record; ``source`` names the process it came from when that is not this one."""
+
+    def __init__(self, at: datetime, level: str, logger: str, text: str, source: str = "") -> None:
+        super().__init__()
+        self.at, self.level, self.logger, self.text, self.source = at, level, logger, text, source
 
 
 class ChangesLoaded(Message):

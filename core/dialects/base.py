@@ -9,7 +9,8 @@ under each SQLAlchemy backend name it serves. It must provide:
 - ``create_engine(url)``: the engine and the settings of each new session
   (UTC, strictness, timeouts);
 - ``id_type`` and ``id_to_db``: how document ids are stored, so that case,
-  trailing spaces and 1,500-byte ids stay distinct; ``timestamp_type``,
+  trailing spaces and 1,500-byte ids stay distinct, and ``id_text`` how one
+  reads as text where it is searched; ``timestamp_type``,
   ``long_text_type``, ``serial_id_type``, ``table_options`` and
   ``prefix_index`` where its column types or DDL differ from the defaults;
 - ``statement``: the verb and tail of a multi-row insert, upsert or
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import String, Table
+from sqlalchemy import ColumnElement, String, Table, type_coerce
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
@@ -107,6 +108,10 @@ class Dialect:
     def id_to_db(self, doc_id: str) -> Any:
         """A document id as its column takes it (binary columns take its UTF-8 bytes)."""
         return doc_id
+
+    def id_text(self, column: ColumnElement[Any]) -> ColumnElement[str]:
+        """A document id column read as text, for matching by text (in any case) rather than byte for byte."""
+        return type_coerce(column, String())
 
     def prefix_index(self, length: int) -> dict[str, Any]:
         """Options of an index on the first ``length`` characters of a column, where the database has them."""

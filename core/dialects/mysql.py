@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, create_engine, event
+from sqlalchemy import ColumnElement, Table, cast, create_engine, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql.base import MySQLDialect
 from sqlalchemy.engine import URL, Connection, Engine
@@ -85,6 +85,9 @@ class MySQL(Dialect):
 
     def id_to_db(self, doc_id: str) -> Any:
         return doc_id.encode("utf-8", "surrogatepass")
+
+    def id_text(self, column: ColumnElement[Any]) -> ColumnElement[str]:
+        return cast(column, mysql.CHAR(charset="utf8mb4"))
 
     def prefix_index(self, length: int) -> dict[str, Any]:
         return {"mysql_length": length}

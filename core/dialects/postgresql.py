@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import ColumnElement, Text, case, create_engine, event, func, literal
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -112,6 +112,14 @@ class PostgreSQL(Dialect):
 
     def id_to_db(self, doc_id: str) -> Any:
         return doc_id.encode("utf-8", "surrogatepass")
+
+    def id_text(self, column: ColumnElement[Any]) -> ColumnElement[str]:
+        # text cannot hold U+0000: such an id reads in escape form (its other characters as they are).
+        has_nul = func.position(literal(b"\0", postgresql.BYTEA()).op("IN")(column)) > 0
+        return case(
+            (has_nul, func.encode(column, "escape", type_=Text())),
+            else_=func.convert_from(column, "UTF8", type_=Text()),
+        )
 
     def read_limits(self, conn: Connection) -> Limits:
         return Limits(params=MAX_PARAMS, bytes=DEFAULT_STATEMENT_BYTES)

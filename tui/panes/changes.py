@@ -133,7 +133,9 @@ class ChangesPane(Vertical):
 
     def add(self, records: Iterable[Any]) -> None:
         """New changes from the service (``core.events.ChangeRecord``), oldest first."""
-        new = [self._change(r, next(self._seq)) for r in records]
+        # One the start-up read of the history already brought (it raced the event): the same row, so not twice.
+        loaded = {(c.at, c.key) for c in self.buffer if c.seq < 0}
+        new = [c for c in (self._change(r, next(self._seq)) for r in records) if (c.at, c.key) not in loaded]
         if not new:
             return
         self.buffer.extend(new)
