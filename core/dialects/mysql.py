@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, cast, create_engine, event
 from sqlalchemy.dialects import mysql
@@ -97,7 +98,7 @@ class MySQL(Dialect):
             return "INSERT INTO", ""
         if not update:
             return "INSERT IGNORE INTO", ""
-        dialect = cast(MySQLDialect, conn.dialect)  # typed as any dialect; this one serves MySQL only
+        dialect = typing.cast(MySQLDialect, conn.dialect)  # typed as any dialect; this one serves MySQL only
         quote = dialect.identifier_preparer.quote
         # MySQL 8.0.20+ deprecates VALUES(col) for a row alias; MariaDB knows only VALUES(col).
         version = dialect.server_version_info or ()
