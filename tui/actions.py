@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ OTHER_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
-def bindings() -> list[Binding]:
-    out = [Binding(a.key, a.action, a.label, key_display=a.display, show=a.footer) for a in ACTIONS]
+def bindings() -> list[BindingType]:
+    out: list[BindingType] = [Binding(a.key, a.action, a.label, key_display=a.display, show=a.footer) for a in ACTIONS]
     out.append(Binding("escape", "clear_filter", "Clear filter", show=False))
     return out
 

@@ -425,11 +425,12 @@ class EmpsyncApp(App[int]):
     def _watch_terminal(self) -> None:
         if self.is_headless:
             return
+        stdin = sys.__stdin__  # None when started without one (a daemon, some embedders)
         try:
-            fd = sys.__stdin__.fileno()
-            if not os.isatty(fd):
+            fd = stdin.fileno() if stdin is not None else -1
+            if fd < 0 or not os.isatty(fd):
                 return
-        except (AttributeError, OSError, ValueError):
+        except (OSError, ValueError):
             return
         self._tty_fd = fd
         try:
@@ -589,7 +590,8 @@ class EmpsyncApp(App[int]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def action_quit(self) -> None:  # type: ignore[override] - also called from signal handlers
+    # Textual's action_quit is a coroutine; ours is plain so signal handlers can call it too.
+    def action_quit(self) -> None:  # type: ignore[override]
         if self.quitting:
             self.toast("Still stopping the service…")
             return
