@@ -32,7 +32,7 @@ from typing import Any
 from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Footer, Header
+from textual.widgets import Header
 
 from core.errors import EmpsyncError
 from core.safe import terminal_safe
@@ -41,6 +41,7 @@ from core.times import utcnow
 from . import messages as msg
 from .actions import ConsoleCommands, bindings
 from .bridge import Bridge, ConsoleLogHandler
+from .footer import Footer
 from .panes.changes import MAX_CHANGES, ChangesPane, records_of
 from .panes.log import MAX_LINES, LogView, log_text
 from .panes.stats import StatsPane
