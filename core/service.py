@@ -47,6 +47,8 @@ TICK_S = 0.2  # the worker's idle wait: commands are seen within this
 SETTINGS_REFRESH_S = 1.0  # interval and pause set from another process are seen within this
 STATUS_REFRESH_S = 5.0
 ROLLUPS_REFRESH_S = 60.0
+# A finished run is news for the hourly figures: read them again soon, but not at every run.
+ROLLUPS_AFTER_RUN_S = 10.0
 LEAD_RETRY_S = 2.0  # how often a standby tries for the lock
 LEAD_CHECK_S = 5.0  # how often a leader re-checks it still holds the lock
 BACKOFF_BASE_S = 5.0  # after a failed run
@@ -133,7 +135,7 @@ class SyncService:
         self._leader_view: LeaderView | None = None  # the leader's published view, while this one does not lead
         self._db_status: Status | None = None  # None until the database is first read
         self._db_error: str | None = None  # why the last read of it failed
-        self._rollups_due = 0.0
+        self._rollups_due = self._rollups_read_at = 0.0
         self._stats: Stats | None = None
         self._interval = config.sync.interval
         self._interval_source = config.interval_source
@@ -738,7 +740,8 @@ class SyncService:
                 self._db_error = exc.message
             return
         if rollups:
-            self._rollups_due = time.monotonic() + ROLLUPS_REFRESH_S
+            self._rollups_read_at = time.monotonic()
+            self._rollups_due = self._rollups_read_at + ROLLUPS_REFRESH_S
         with self._snapshot_lock:
             if not rollups and self._stats is not None:
                 stats["hourly"], stats["daily"] = self._stats["hourly"], self._stats["daily"]
@@ -773,6 +776,7 @@ class SyncService:
             self._drain_commands(runs=False)
             self._exchange_requests()
         elif isinstance(event, (SyncFinished, SyncFailed)):
+            self._rollups_due = min(self._rollups_due, self._rollups_read_at + ROLLUPS_AFTER_RUN_S)
             with self._snapshot_lock:
                 self._live.current_run = None
                 if isinstance(event, SyncFinished) and not event.result.dry_run and self._db_status is not None:

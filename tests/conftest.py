@@ -8,6 +8,7 @@ reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -240,3 +241,21 @@ def _toml(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found():
+    """Leave the root logger as the test found it.
+
+    A command run in-process (``cli.main``) configures logging for a process,
+    as it should: its own handler, the root at CRITICAL for a quiet one-shot.
+    Left in place, that silences every later test's log records.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    yield
+    root.setLevel(level)
+    for handler in root.handlers[:]:
+        if handler not in handlers and type(handler).__module__ != "_pytest.logging":
+            root.removeHandler(handler)
+    logging.captureWarnings(False)

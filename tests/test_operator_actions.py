@@ -263,6 +263,12 @@ def test_stats_roll_up_runs_and_the_listen_lag_by_hour_and_day(make_config, targ
     service.start()
     try:
         wait_for(lambda: service.snapshot().get("listen_state") == "listening", 60, "the listener")
+
+        # The service's own figures (the console's charts) take in a finished run within seconds.
+        def runs_this_hour() -> int:
+            return (service.stats().get("hourly") or [{"runs": 0}])[-1]["runs"]
+
+        wait_for(lambda: runs_this_hour() >= 1, 30, "the first run in the service's hourly figures")
         for i in range(5):
             doc(firestore_client, "e1").update({"salary": i, "updated_at": firestore.SERVER_TIMESTAMP})
             wait_for(lambda i=i: mirror_rows(config)["e1"]["salary"] == i, 30, f"write {i}")
