@@ -18,7 +18,7 @@ from typing import Any
 from core.errors import EmpsyncError
 from tests.servers import ServerMissing
 
-from . import apply, force, idle, latency, rss
+from . import apply, console, force, idle, latency, rss
 from .harness import Servers, say, servers
 from .options import Sizes, parse
 from .report import Goal, emit, summary, warn
@@ -31,6 +31,7 @@ RUNNERS: dict[str, Benchmark] = {
     "rss": rss.run,
     "idle": idle.run,
     "latency": latency.runner,
+    "console": console.run,
 }
 
 

@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from sqlalchemy.engine import make_url
 from core.source import make_client
 
 from .harness import FIELDS, Servers, doc_id, say, unique
-from .report import Goal, emit, rounded
+from .report import Goal, emit, percentiles, rounded
 
 GOAL_P50_MS = 50.0
 GOAL_P99_MS = 250.0
@@ -74,18 +73,6 @@ def write_config(path: Path, emulator_host: str, project: str, url: str) -> Path
         lines += [f"{key} = {_toml_value(value)}" for key, value in spec.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {
-        "p50": rounded(statistics.median(ordered), 2),
-        "p90": rounded(cuts[89], 2),
-        "p99": rounded(cuts[98], 2),
-        "mean": rounded(statistics.fmean(ordered), 2),
-        "max": rounded(ordered[-1], 2),
-    }
 
 
 class BareListener:

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, fields, replace
 
-BENCHMARKS = ("apply", "force", "rss", "idle", "latency")
+BENCHMARKS = ("apply", "force", "rss", "idle", "latency", "console")
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,18 @@ class Sizes:
     batch_size: int = 500  # [target] batch_size of the product runs
     page_size: int = 2_000  # [source] page_size of the product runs
     latency_samples: int = 500  # listen mode: write-to-row samples at 10 a second
+    console_docs: int = 50_000  # documents of the force run the console's keys are timed during
 
 
 QUICK = Sizes(
-    apply_rows=400, force_docs=2_000, pairs=1, rss_small=500, rss_large=5_000, idle_docs=100, latency_samples=50
+    apply_rows=400,
+    force_docs=2_000,
+    pairs=1,
+    rss_small=500,
+    rss_large=5_000,
+    idle_docs=100,
+    latency_samples=50,
+    console_docs=2_000,
 )
 
 

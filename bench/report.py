@@ -52,6 +52,20 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """Milliseconds (or any figures) summarised: median, tail percentiles, mean and max."""
+    ordered = sorted(values)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {
+        "p50": rounded(statistics.median(ordered), 2),
+        "p90": rounded(cuts[89], 2),
+        "p95": rounded(cuts[94], 2),
+        "p99": rounded(cuts[98], 2),
+        "mean": rounded(statistics.fmean(ordered), 2),
+        "max": rounded(ordered[-1], 2),
+    }
+
+
 def rounded(value: float, digits: int = 3) -> float:
     return round(value, digits)
 

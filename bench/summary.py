@@ -50,6 +50,13 @@ CATALOGUE: dict[str, tuple[str, list[tuple[str, str]]]] = {
         "python -m bench.latency",
         [("write to row visible in MariaDB, p50", "<= 50 ms"), ("write to row visible in MariaDB, p99", "<= 250 ms")],
     ),
+    "console": (
+        "make bench",
+        [
+            ("key to screen during a force run, p99", "<= 100 ms"),
+            ("force run wall time, with / without the fix (median of rounds)", "<= 1.05"),
+        ],
+    ),
     "soak": (
         "make soak",
         [

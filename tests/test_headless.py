@@ -192,9 +192,11 @@ def test_the_headless_path_never_imports_textual(make_config, sqlite_url, firest
     path = write_toml(tmp_path / "sync.toml", config)
     script = textwrap.dedent(
         """
-        import json, logging, os, signal, sys
+        import gc, json, logging, os, signal, sys
 
         import tui.entry  # the `empsync` script's own entry point
+
+        thresholds = gc.get_threshold()
 
         class StopAfterTheFirstRun(logging.Handler):
             def emit(self, record):
@@ -206,7 +208,7 @@ def test_the_headless_path_never_imports_textual(make_config, sqlite_url, firest
         for command in (["sync", "--json"], ["status", "--json"], ["stats"], ["interval", "60"], ["changes"]):
             codes.append(tui.entry.main([*command, "--config", sys.argv[1]]))
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("textual", "tui", "rich"))
-        print("RESULT " + json.dumps({"codes": codes, "loaded": loaded}))
+        print("RESULT " + json.dumps({"codes": codes, "loaded": loaded, "collector": [gc.get_freeze_count(), gc.get_threshold() == thresholds]}))
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
@@ -220,6 +222,7 @@ def test_the_headless_path_never_imports_textual(make_config, sqlite_url, firest
     # The entry point itself is in tui/, and imports no screen: nothing else of tui, nothing of Textual.
     screens = [m for m in result["loaded"] if m.split(".")[0] in ("textual", "tui") and m not in ("tui", "tui.entry")]
     assert not screens, result["loaded"]
+    assert result["collector"] == [0, True]  # the console's garbage-collector tuning stays with the console
     assert "Employee sync completed" in done.stderr
 
 

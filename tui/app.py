@@ -32,7 +32,7 @@ from typing import Any
 from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Footer, Header
+from textual.widgets import Header
 
 from core.errors import EmpsyncError
 from core.events import BatchApplied, RequestUpdate, RunReport, StatusChanged, SyncFailed, SyncFinished, SyncStarted
@@ -40,9 +40,11 @@ from core.face import SyncFace
 from core.safe import terminal_safe
 from core.times import utcnow
 
+from . import heap
 from . import messages as msg
 from .actions import ConsoleCommands, bindings
 from .bridge import Bridge, ConsoleLogHandler
+from .footer import Footer
 from .panes.changes import MAX_CHANGES, ChangesPane, records_of
 from .panes.log import MAX_LINES, LogView, log_text
 from .panes.stats import StatsPane
@@ -79,6 +81,8 @@ class EmpsyncApp(App[int]):
     TITLE = "empsync"
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     BINDINGS = bindings()
+    # Rarer, shorter full garbage collections (``heap``): off only for a benchmark's baseline.
+    QUIET_HEAP = True
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
 
@@ -121,6 +125,8 @@ class EmpsyncApp(App[int]):
         self._log_cursor: int | None = None  # the newest line of empsync_log shown
         self._caught_up = False  # leading, and the last look after taking over is done
         self._standby_leader: str | None = None  # the leader this console last stood beside
+        self._heap_before: tuple[int, ...] | None = None  # the collector's thresholds before ``heap``
+        self._heap_frozen_after_a_run = False
         self.toasts: deque[str] = deque(maxlen=50)  # what notify() said, newest last
         self.status_pane = StatusPane(id="status", classes="pane")
         self.stats_pane = StatsPane(id="stats", classes="pane")
@@ -152,8 +158,18 @@ class EmpsyncApp(App[int]):
         else:
             self._history_loaded = True
             self._load_changes("")
+        if self.QUIET_HEAP:
+            self._heap_before = heap.quieten()
+
+    def _freeze_after_the_first_run(self) -> None:
+        """The clients a run loads live as long as the console too: frozen once, after the first run."""
+        if self._heap_before is not None and not self._heap_frozen_after_a_run:
+            self._heap_frozen_after_a_run = True
+            heap.freeze_survivors()
 
     def on_unmount(self) -> None:
+        if self._heap_before is not None:
+            heap.restore(self._heap_before)
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._detach_logs()
@@ -233,8 +249,10 @@ class EmpsyncApp(App[int]):
             case SyncStarted():
                 pass  # the Status pane shows the run from the snapshot
             case SyncFinished(result=result):
+                self._freeze_after_the_first_run()
                 self._finished(result)
             case SyncFailed() as failed:
+                self._freeze_after_the_first_run()
                 self._failed(failed)
             case StatusChanged() as status:
                 self._status_changed(status)
