@@ -379,7 +379,10 @@ class History:
         for doc_id in sorted(set(self.model.docs) | set(self.model.possible) | self.model.ghosts):
             self.check_document(doc_id, rows, rejects, uncertain, deletions_held=tripped or empty)
         invalid = {i for i, d in self.model.docs.items() if self.expected(d) is None}
-        if not empty and set(rejects) - uncertain != invalid - uncertain:
+        # A tripped guard distrusts what the read did not find: the rejects of absent documents stay
+        # with their rows (a document it did read, now valid, still clears its reject).
+        held = set(rejects) - set(self.model.docs) if tripped else set()
+        if not empty and set(rejects) - uncertain - held != invalid - uncertain:
             raise Divergence(f"rejects {sorted(rejects)} but invalid documents {sorted(invalid)}")
         if result.forced:
             self.check_repairs(result, uncertain)
@@ -406,7 +409,9 @@ class History:
         }
         unchanged = {i: k for i, k in unchanged.items() if self.expected(self.model.docs[i]) is not None}
         least = sum(unchanged.values())
-        perhaps = len(set(self.model.drifted) & uncertain)  # changed mid-run: repaired first, perhaps
+        # Changed mid-run, or changed since the last read but perhaps only in unmapped fields (the
+        # same hash, so the value difference is drift): repaired, perhaps.
+        perhaps = len(set(self.model.drifted) & (uncertain | self.model.dirty))
         if not least <= result.counts.repaired <= len(unchanged) + perhaps:
             raise Divergence(
                 f"repaired {result.counts.repaired}; drifted rows of unchanged documents: {unchanged} "
