@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
+
 from .conditions import matches
 from .config import Config
 from .db import Database
@@ -486,7 +488,9 @@ class SyncEngine:
             cleared += [i for i in gone if i in previously_rejected]
             if cleared:
                 self.mirror.clear_rejects(conn, cleared)
-            removable = [i for i in gone if i in stored and not stored[i].deleted]
+            # hard mode removes a soft-deleted row too (marked by hand, or by an earlier soft mode)
+            hard = self.config.target.delete_mode == "hard"
+            removable = [i for i in gone if i in stored and (hard or not stored[i].deleted)]
             if removable and self.config.target.delete_mode != "keep":
                 audit += self.mirror.remove(conn, removable, self.config.target.delete_mode, run.run_id, run.now)
                 run.counts.deleted += len(removable)
@@ -632,26 +636,20 @@ class SyncEngine:
         """
         mode = self.config.target.delete_mode
         with self.db.connect() as conn:
-            live = 0
-            gone = []
-            for doc_id in self.mirror.live_ids(conn):
-                live += 1
-                if doc_id not in run.seen:
-                    gone.append(doc_id)
-            if gone and (held := self.mirror.held_among(conn, gone)):
-                gone = [i for i in gone if i not in held]  # a held row stays until it is released
+            gone, leftovers, live = self._absent_rows(conn, run.seen)
             stale_rejects = sorted(self.state.reject_ids(conn) - run.seen)
         blocked = None
-        if not run.seen and (gone or stale_rejects):
+        if not run.seen and (gone or leftovers or stale_rejects):
             log.warning(
                 "Firestore returned no documents but the table holds %d rows and %d rejects: keeping them "
                 "(check [source] project and collection)", len(gone), len(stale_rejects),
             )  # fmt: skip
-            gone, stale_rejects = [], []
+            gone, leftovers, stale_rejects = [], [], []
         elif gone and mode != "keep" and not run.allow_mass_delete:
             blocked = self.mass_delete_check(len(gone), live, run.run_id, record=not run.dry_run)
             if blocked is not None:
-                gone, stale_rejects = [], []
+                gone, leftovers, stale_rejects = [], [], []
+        gone += leftovers
         if run.dry_run:
             if blocked is not None:
                 run.would_change.append({"document_id": None, "operation": "blocked", "reason": blocked.message})
@@ -786,6 +784,27 @@ class SyncEngine:
         run.now = utcnow()
         self._apply(docs, run, watermark)
 
+    def _absent_rows(self, conn: Connection, present: set[str]) -> tuple[list[str], list[str], int]:
+        """Rows whose documents a complete read did not find: (live ones, leftovers, live rows in all).
+
+        Leftovers are soft-deleted rows that ``hard`` mode removes too: marked
+        deleted by hand, or by an earlier ``soft`` mode. They are no live rows,
+        so the mass-delete guard does not weigh them. A held row stays until
+        it is released.
+        """
+        hard = self.config.target.delete_mode == "hard"
+        live = 0
+        gone: list[str] = []
+        leftovers: list[str] = []
+        for doc_id, deleted in self.mirror.row_ids(conn):
+            live += not deleted
+            if doc_id not in present and (hard or not deleted):
+                (leftovers if deleted else gone).append(doc_id)
+        if (gone or leftovers) and (held := self.mirror.held_among(conn, gone + leftovers)):
+            gone = [i for i in gone if i not in held]
+            leftovers = [i for i in leftovers if i not in held]
+        return gone, leftovers, live
+
     def reconcile_live(self, run: _Run, present: set[str]) -> int:
         """After a first snapshot of the whole collection: rows whose documents it lacks are gone.
 
@@ -798,21 +817,15 @@ class SyncEngine:
         if self.config.target.delete_mode == "keep":
             return 0
         with self.db.connect() as conn:
-            live = 0
-            gone = []
-            for doc_id in self.mirror.live_ids(conn):
-                live += 1
-                if doc_id not in present:
-                    gone.append(doc_id)
-            if gone and (held := self.mirror.held_among(conn, gone)):
-                gone = [i for i in gone if i not in held]
-        if not gone:
+            gone, leftovers, live = self._absent_rows(conn, present)
+        if not (gone or leftovers):
             return 0
         if not present:
             log.warning("The stream lists no documents but the table holds %d rows: keeping them", len(gone))
             return 0
-        if self.mass_delete_check(len(gone), live, run.run_id) is not None:
+        if gone and self.mass_delete_check(len(gone), live, run.run_id) is not None:
             return 0
+        gone += leftovers
         run.now = utcnow()
         log.info("Deleting %d employees whose documents went while no stream was open", len(gone))
         self._remove(run, gone)

@@ -227,6 +227,13 @@ class MirrorStore:
         stmt = select(m.c[self.id_column]).where(m.c[DELETED_AT_COLUMN].is_(None))
         yield from conn.execution_options(yield_per=5000).execute(stmt).scalars()
 
+    def row_ids(self, conn: Connection) -> Iterator[tuple[str, bool]]:
+        """Every row's id and whether it is soft-deleted, streamed like ``live_ids``."""
+        m = self.t.mirror
+        stmt = select(m.c[self.id_column], m.c[DELETED_AT_COLUMN].is_not(None))
+        for doc_id, deleted in conn.execution_options(yield_per=5000).execute(stmt):
+            yield doc_id, bool(deleted)
+
     def remove(
         self, conn: Connection, ids: Sequence[str], mode: str, run_id: int | None, now: datetime
     ) -> list[dict[str, Any]]:

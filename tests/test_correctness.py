@@ -133,6 +133,26 @@ def test_a_force_run_that_reads_no_documents_keeps_rows_and_rejects(make_config,
     assert mirror_rows(config)["ok"]["deleted_at"] is None
 
 
+def test_hard_mode_removes_a_soft_deleted_row_whose_document_is_gone(make_config, target_url, firestore_client):
+    """A row marked deleted by hand (or by an earlier soft mode) is no row hard mode may keep."""
+    write_docs(firestore_client, {f"e{i}": employee(i) for i in range(4)})
+    config = make_config(target_url, target={"delete_mode": "hard"})
+    with engine_for(config) as engine:
+        ok(engine.run(force=True))
+        m, key = mirror_table(engine), mirror_table(engine).c.firestore_id
+        with engine.db.begin() as conn:
+            conn.execute(update(m).where(key.in_(["e1", "e2"])).values(deleted_at=utcnow()))
+        doc(firestore_client, "e1").delete()
+        doc(firestore_client, "e2").delete()
+        assert ok(engine.run(force=True)).deleted == 2
+        assert set(mirror_rows(config)) == {"e0", "e3"}
+        doc(firestore_client, "e3").delete()  # the same for a deletion a batch applies (ids runs, listen mode)
+        with engine.db.begin() as conn:
+            conn.execute(update(m).where(key == "e3").values(deleted_at=utcnow()))
+        assert ok(engine.run(ids=["e3"])).deleted == 1
+        assert set(mirror_rows(config)) == {"e0"}
+
+
 # -- late commits: the resume margin -----------------------------------------------------------------
 
 
