@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import Cancelled
 from google.cloud import firestore
 from sqlalchemy import delete, insert, select, update
 
@@ -55,6 +56,22 @@ from .checks import check_history
 from .support import FULL, seeded
 
 pytestmark = pytest.mark.integration
+
+
+def _emulator_retry(write: Callable[[], object], attempts: int = 3) -> None:
+    """The history's own write, again if the emulator cancels it (it does, now and then, under load).
+
+    A write is a ``set`` of the whole document, so one that did land and is
+    written again leaves the same data: the model is unchanged either way.
+    """
+    for attempt in range(attempts):
+        try:
+            write()
+            return
+        except Cancelled:
+            if attempt == attempts - 1:
+                raise
+
 
 # Ids that must stay distinct rows: case, a trailing space, accents, dots.
 IDS = ("a", "A", "b", "b ", "é", "e", "dot.ted", "g", "h-1", "i")
@@ -164,7 +181,7 @@ class History:
     # -- what happens in Firestore ----------------------------------------------------------
 
     def write(self, doc_id: str, data: dict[str, Any], why: str) -> None:
-        write_docs(self.client, {doc_id: {**data, "updated_at": firestore.SERVER_TIMESTAMP}})
+        _emulator_retry(lambda: write_docs(self.client, {doc_id: {**data, "updated_at": firestore.SERVER_TIMESTAMP}}))
         self.model.docs[doc_id] = data
         self.model.dirty.add(doc_id)
         possible = self.model.possible.setdefault(doc_id, {ABSENT})
@@ -224,7 +241,7 @@ class History:
         if not self.model.docs:
             return
         doc_id = self.rng.choice(sorted(self.model.docs))
-        self.client.collection("employees").document(doc_id).delete()
+        _emulator_retry(self.client.collection("employees").document(doc_id).delete)
         del self.model.docs[doc_id]
         self.model.dirty.add(doc_id)
         if self.delete_mode != "keep":
