@@ -36,11 +36,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The fast tier starts no server, so it runs on two workers; the integration tier runs in one
+# process, sharing one emulator, MariaDB and PostgreSQL.
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not integration" -n 2
 
 test: $(STAMP) servers lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not integration" -n 2
+	$(BIN)/python -m pytest -q -m integration
 
 bench: $(STAMP) servers
 	$(BIN)/python -m bench
