@@ -36,14 +36,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The fast tier starts no server, so it runs on two workers; the integration tier runs in one
-# process, sharing one emulator, MariaDB and PostgreSQL.
+# The fast tier starts no server, so it runs on two workers.
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration" -n 2
 
+# One process: the integration tests share one emulator, MariaDB and PostgreSQL.
 test: $(STAMP) servers lint
-	$(BIN)/python -m pytest -q -m "not integration" -n 2
-	$(BIN)/python -m pytest -q -m integration
+	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) servers
 	$(BIN)/python -m bench
