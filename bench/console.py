@@ -28,8 +28,9 @@ the garbage collector's full collections in it, which stop every thread.
 Each round runs one session per variant, the order reversed every other
 round: the console as it ships (``FIX``), the console with nothing done
 (``as_is``), and the other candidate remedies, measured so that the choice
-stays checked: a shorter GIL switch interval, and the worker sleeping
-briefly between documents every so often. For each, the force run's wall
+stays checked: the quiet heap with CPython's rate of young collections (the
+remedy as it first shipped), a shorter GIL switch interval, and the worker
+sleeping briefly between documents every so often. For each, the force run's wall
 time and CPU seconds (this process, every thread, from SyncStarted to
 SyncFinished); a variant's cost is the median of the rounds' ratios of its
 wall time to ``as_is``'s. The idle baseline is the same keys while no run
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import os
 import random
 import sys
 import threading
@@ -61,6 +63,7 @@ from core.config import Config
 from core.engine import SyncEngine
 from core.events import Event, SyncFailed, SyncFinished, SyncStarted
 from core.service import SyncService
+from tui import heap
 from tui.app import EmpsyncApp
 from tui.screens.help import HelpScreen
 
@@ -240,6 +243,7 @@ class Variant:
 
     name: str
     quiet_heap: bool = False  # the console's own remedy: EmpsyncApp.QUIET_HEAP, see tui/heap.py
+    young_every: int | None = None  # with quiet_heap: heap.YOUNG_EVERY; None: as the console ships
     switch_s: float | None = None  # sys.setswitchinterval while the console runs; None: the default
     pace: tuple[float, float] | None = None  # the worker sleeps (_, this many s) every (this many s, _) of work
 
@@ -247,6 +251,7 @@ class Variant:
 VARIANTS = (
     Variant("as_is"),
     Variant("quiet_heap", quiet_heap=True),
+    Variant("old_quiet_heap", quiet_heap=True, young_every=700),  # the youngest generation as often as CPython's
     Variant("switch_1ms", switch_s=0.001),
     Variant("worker_yields", pace=(0.01, 0.0005)),
 )
@@ -310,11 +315,15 @@ async def _session(config: Config, variant: Variant, seed: int) -> Session:
         sys.setswitchinterval(variant.switch_s)
     collections = Collections()
     gc.callbacks.append(collections)
+    young_every = heap.YOUNG_EVERY
+    if variant.young_every is not None:
+        heap.YOUNG_EVERY = variant.young_every
     try:
         with paced(variant.pace):
             idle, busy = await _keys_during_a_force_run(app, service, clock, seed)
     finally:
         gc.callbacks.remove(collections)
+        heap.YOUNG_EVERY = young_every
         sys.setswitchinterval(default_switch)
         service.stop()
     if clock.outcome != "ok":
@@ -354,11 +363,18 @@ FIX = "quiet_heap"  # the variant the console ships with
 BASELINE = "as_is"
 
 
+def chosen_variants() -> tuple[Variant, ...]:
+    """All of them, or those EMPSYNC_BENCH_VARIANTS names (comma-separated); the baseline and the fix always."""
+    wanted = {name.strip() for name in os.environ.get("EMPSYNC_BENCH_VARIANTS", "").split(",") if name.strip()}
+    return tuple(v for v in VARIANTS if not wanted or v.name in wanted | {BASELINE, FIX})
+
+
 def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
+    variants = chosen_variants()
     n = sizes.console_docs
     project = unique("bench-console")
     seeded = servers.seed(project, n)
-    names = [v.name for v in VARIANTS]
+    names = [v.name for v in variants]
     say(
         f"console: seeded {n} documents in {seeded:.1f} s; {sizes.pairs} rounds of a force run each: {', '.join(names)}"
     )
@@ -366,7 +382,7 @@ def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
     idle: dict[str, Keys] = {name: Keys() for name in names}
     rounds = []
     for i in range(sizes.pairs):
-        order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
+        order = variants if i % 2 == 0 else variants[::-1]
         figures: dict[str, Any] = {"order": "-".join(v.name for v in order)}
         for variant in order:
             got = asyncio.run(_session(_filled(servers, project, sizes), variant, seed=i))

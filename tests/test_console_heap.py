@@ -25,7 +25,8 @@ async def test_the_console_quietens_the_collector_while_it_runs_and_restores_it_
     app = fixed_console()
     async with app.run_test(size=(80, 24)) as pilot:
         assert len(freezes) == 1 and gc.get_freeze_count() > 0, "the console froze nothing once it was up"
-        assert gc.get_threshold()[2] == max(before[2], heap.OLDEST_EVERY)
+        young, _, oldest = gc.get_threshold()
+        assert (young, oldest) == (max(before[0], heap.YOUNG_EVERY), max(before[2], heap.OLDEST_EVERY))
         _run_ended(app)  # the first run's end: the clients it loaded are frozen too
         await until(pilot, lambda: len(freezes) == 2, "the freeze after the first run")
         for _ in range(2):

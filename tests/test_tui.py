@@ -378,6 +378,20 @@ async def test_a_change_read_at_start_up_and_then_sent_as_an_event_shows_once():
         await pilot.press("q")
 
 
+async def test_the_help_screen_is_built_once_and_shown_again():
+    """? shows the same help screen each time (composing it anew was most of a key's work), Esc closes it."""
+    app = fixed_console()
+    async with app.run_test(size=(100, 30)) as pilot:
+        shown = []
+        for _ in range(2):
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+            shown.append(app.screen)
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, HelpScreen), "the main screen again")
+        assert shown[0] is shown[1]
+
+
 async def test_keys_answer_while_a_run_is_in_progress():
     """While a run is under way (held open after its first batch) ? opens the help, Esc closes it, and p
     pauses at once, shown as a pause to come; the run then ends paused, the table at its bound."""

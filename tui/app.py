@@ -64,6 +64,7 @@ TICK_S = 1.0  # the status pane's clock (countdowns, "2 min ago")
 STOP_TIMEOUT_S = 9.0
 TABLE_BUDGET = 4  # after a table update that took t, wait 4·t before the next: the table never hogs the loop
 NARROW_BELOW = 100  # columns
+HELP_SCREEN = "help"  # the one HelpScreen, installed on first use
 ROUTINE = ("starting", "syncing", "idle")  # idle after these is not news in the Log
 REMOTE_S = 1.0  # how often the leader's changes and log lines are read while another process leads
 REMOTE_LOG_LINES = 500  # the leader's lines read at most per look (the first: its newest, for context)
@@ -605,8 +606,11 @@ class EmpsyncApp(App[int]):
         self.toast_queued(f"Sync of {len(ids):,} employee(s)", ticket)
 
     def action_help(self) -> None:
+        # Built once and kept: composing it again cost each ``?`` three times the work of showing it.
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            if not self.is_screen_installed(HELP_SCREEN):
+                self.install_screen(HelpScreen(), HELP_SCREEN)
+            self.push_screen(HELP_SCREEN)
 
     # Textual's action_quit is a coroutine; ours is plain so signal handlers can call it too.
     def action_quit(self) -> None:  # type: ignore[override]
