@@ -20,6 +20,7 @@ key (``empsync status``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -324,7 +325,7 @@ class _Outbox:
 
     def __init__(self, notifier: Notifier, receiver: Receiver) -> None:
         self.notifier, self.receiver = notifier, receiver
-        self.queue: queue.Queue[Notice] = queue.Queue(maxsize=OUTBOX_MAX)
+        self.queue: queue.Queue[Notice | None] = queue.Queue(maxsize=OUTBOX_MAX)  # None: look at stopping
         self.thread = threading.Thread(target=self._main, name="empsync-notify-send", daemon=True)
 
     def offer(self, notice: Notice) -> None:
@@ -337,10 +338,11 @@ class _Outbox:
         stop = self.notifier.stopping
         while not stop.is_set():
             try:
-                notice = self.queue.get(timeout=0.5)
+                notice = self.queue.get(timeout=CHECK_S)
             except queue.Empty:
                 continue
-            self._deliver(notice, stop)
+            if notice is not None:
+                self._deliver(notice, stop)
 
     def _deliver(self, notice: Notice, stop: threading.Event) -> None:
         detail, attempts = "", self.notifier.attempts
@@ -391,7 +393,7 @@ class Notifier:
         self.snapshot, self.record, self.emit, self.clock = snapshot, record, emit, clock
         self.attempts, self.retry_base_s = attempts, retry_base_s
         self.stopping = threading.Event()
-        self.inbox: queue.Queue[Event] = queue.Queue(maxsize=INBOX_MAX)
+        self.inbox: queue.Queue[Event | None] = queue.Queue(maxsize=INBOX_MAX)  # None: look at stopping
         self.outboxes = [_Outbox(self, r) for r in (receivers if receivers is not None else receivers_for(self.notify))]
         self._thread = threading.Thread(target=self._main, name="empsync-notify", daemon=True)
         self._lock = threading.Lock()
@@ -411,6 +413,10 @@ class Notifier:
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
+        waiting: list[queue.Queue[Any]] = [self.inbox, *(o.queue for o in self.outboxes)]
+        for box in waiting:
+            with contextlib.suppress(queue.Full):  # a full queue is a thread that is not waiting on it
+                box.put_nowait(None)  # wake it now, not at its next timeout
         deadline = time.monotonic() + timeout
         for thread in [self._thread, *(o.thread for o in self.outboxes)]:
             if thread.is_alive():

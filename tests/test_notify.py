@@ -455,6 +455,15 @@ def test_a_slow_receiver_times_out_and_delays_no_other_receiver():
     assert timed_out.detail == "no answer within 1 s"
 
 
+def test_stop_wakes_every_notification_thread_at_once(receiver, monkeypatch):
+    """A stopping service is not kept waiting for the threads' next look (they would look in an hour here)."""
+    monkeypatch.setattr("core.notify.CHECK_S", 3600.0)
+    notifier = Outcomes().notifier(notify_config(webhook_urls=[receiver.url])).start()
+    threads = [notifier._thread, *(o.thread for o in notifier.outboxes)]
+    notifier.stop(timeout=60)
+    assert not any(t.is_alive() for t in threads), "stop() left a notification thread waiting"
+
+
 def test_a_full_outbox_drops_and_counts_instead_of_growing():
     slow = HttpReceiver(["hang"])
     out = Outcomes()
