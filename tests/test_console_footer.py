@@ -27,9 +27,9 @@ async def test_opening_and_closing_screens_does_not_grow_the_heap_by_old_footer_
             await until(pilot, lambda: not isinstance(app.screen, HelpScreen), "the main screen again")
             await pilot.pause()
 
-        for _ in range(3):
+        for _ in range(2):
             await help_open_and_closed()
         before = _detached_footer_keys()
-        for _ in range(10):  # each rebuilds the footer twice; the old keys used to stay referenced
+        for _ in range(4):  # each rebuilds the footer twice; the old keys used to stay referenced
             await help_open_and_closed()
         assert _detached_footer_keys() <= before

@@ -299,7 +299,9 @@ def test_nobody_answers_and_the_request_is_withdrawn(asking):
     assert Requests(asking.db).get(1).status == req.EXPIRED
 
 
-def test_a_leader_that_falls_silent_after_taking_it(asking):
+def test_a_leader_that_falls_silent_after_taking_it(asking, monkeypatch):
+    for module in (remote, presence):  # silence is the point here: 1 s of it, twice
+        monkeypatch.setattr(module, "LIVE_S", 1.0)
     leader = PlayedLeader(asking)
     beside(leader, [])  # claims, then never beats again
     with pytest.raises(remote.NoLiveLeader, match="stopped before it ran request #1"):
