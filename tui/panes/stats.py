@@ -65,21 +65,19 @@ def columns(rows: list[tuple[str, Text, str, Text]]) -> Text:
     As one ``Text``: a rich ``Table`` cost the event loop ten times as much to
     measure and draw, at each update during a run.
     """
-    widths = [
-        max((Text(c).cell_len if isinstance(c := row[i], str) else c.cell_len for row in rows), default=0)
-        for i in range(4)
-    ]
+    halves = [[row[:2] for row in rows], [row[2:] for row in rows]]
+    label_widths = [max((len(label) for label, _ in half), default=0) for half in halves]
+    figure_widths = [max((figure.cell_len for _, figure in half), default=0) for half in halves]
     out = Text(no_wrap=True)
-    for i, (label, figure, label2, figure2) in enumerate(rows):
+    for i, row in enumerate(rows):
         if i:
             out.append("\n")
-        out.append(label.ljust(widths[0]), style=LABEL)
-        out.append(" " * (widths[1] - figure.cell_len + 1))
-        out.append_text(figure)
-        out.append(" ")
-        out.append(label2.ljust(widths[2]), style=LABEL)
-        out.append(" " * (widths[3] - figure2.cell_len + 1))
-        out.append_text(figure2)
+        for half, (label, figure) in enumerate((row[:2], row[2:])):
+            if half:
+                out.append(" ")
+            out.append(label.ljust(label_widths[half]), style=LABEL)
+            out.append(" " * (figure_widths[half] - figure.cell_len + 1))
+            out.append_text(figure)
     return out
 
 
