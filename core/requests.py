@@ -17,6 +17,7 @@ lost the lock and was replaced can no longer touch a row its successor owns.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +26,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from .db import Database
+from .errors import TargetError
 from .times import utcnow
+
+log = logging.getLogger(__name__)
 
 QUEUED, CLAIMED, RUNNING, DONE, FAILED, EXPIRED = "queued", "claimed", "running", "done", "failed", "expired"
 FINAL = (DONE, FAILED, EXPIRED)
@@ -169,14 +173,21 @@ class Requests:
                 )
         taken = []
         for request_id in (r.id for r in queued if r.requested_at >= oldest):
-            with self.db.begin() as conn:
-                won = conn.execute(
-                    update(t)
-                    .where(t.c.id == request_id, t.c.status == QUEUED)
-                    .values(status=CLAIMED, claimed_by=claimer[:255], claimed_at=now)
-                )
-                if won.rowcount == 1:
-                    taken.append(request_id)
+            try:
+                with self.db.begin() as conn:
+                    won = conn.execute(
+                        update(t)
+                        .where(t.c.id == request_id, t.c.status == QUEUED)
+                        .values(status=CLAIMED, claimed_by=claimer[:255], claimed_at=now)
+                    ).rowcount
+            except TargetError as exc:
+                # One row's claim failed (MariaDB picks it as a deadlock victim when another leader
+                # claims at once): it stays queued for the next look. Raising here would lose the
+                # rows already won, claimed by this process with nobody to run them.
+                log.debug("could not claim request #%d this time: %s", request_id, exc.message)
+                continue
+            if won == 1:
+                taken.append(request_id)
         return sorted(self.get_many(taken).values(), key=lambda r: r.id)
 
     def started(self, ids: Iterable[int], claimer: str, run_id: int | None) -> None:

@@ -27,6 +27,7 @@ from core import config as cfg
 from core import requests as req
 from core.db import Database
 from core.engine import RunResult, SyncEngine
+from core.errors import TargetError
 from core.requests import Requests
 from core.state import StateKey
 from core.times import utcnow
@@ -185,6 +186,8 @@ def test_two_leaders_racing_never_both_take_a_request(mysql_url):
     taken: dict[str, list[int]] = {leader: [] for leader in LEADERS}
     start = threading.Barrier(len(LEADERS))
 
+    failures: list[BaseException] = []
+
     def leader_loop(name: str) -> None:
         db = database(mysql_url)
         board = Requests(db)
@@ -192,6 +195,8 @@ def test_two_leaders_racing_never_both_take_a_request(mysql_url):
         try:
             for _ in range(20):
                 taken[name] += [r.id for r in board.claim(name)]
+        except BaseException as exc:  # noqa: BLE001 - the test's thread: reported below
+            failures.append(exc)
         finally:
             db.dispose()
 
@@ -200,6 +205,7 @@ def test_two_leaders_racing_never_both_take_a_request(mysql_url):
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not failures, f"a claim loop failed (a deadlock between the leaders, say): {failures}"
     first, second = taken.values()
     assert not set(first) & set(second), "a request was claimed by both leaders"
     assert sorted(first + second) == ids
@@ -207,6 +213,29 @@ def test_two_leaders_racing_never_both_take_a_request(mysql_url):
     assert {r.claimed_by for r in rows.values()} <= set(LEADERS)
     assert all(rows[i].claimed_by == name for name, mine in taken.items() for i in mine)
     asker.dispose()
+
+
+def test_a_row_whose_claim_fails_stays_queued_and_the_rows_already_won_are_kept(sqlite_url, monkeypatch):
+    """MariaDB may pick one leader's claim of a row as a deadlock victim: that row waits for the next
+    look; the rows that leader had already won are still its, returned, not lost with an error."""
+    db = database(sqlite_url)
+    board = Requests(db)
+    ids = [board.queue("force", "cli", "asker:1") for _ in range(3)]
+    real_begin, calls = db.begin, []
+
+    def begin():
+        calls.append(1)
+        if len(calls) == 2:  # the second row's transaction
+            raise TargetError("database error: Deadlock found when trying to get lock; try restarting transaction")
+        return real_begin()
+
+    monkeypatch.setattr(db, "begin", begin)
+    taken = board.claim("ops-1:100")
+    assert [r.id for r in taken] == [ids[0], ids[2]]
+    assert board.get(ids[1]).status == req.QUEUED
+    monkeypatch.setattr(db, "begin", real_begin)
+    assert [r.id for r in board.claim("ops-1:100")] == [ids[1]], "the next look takes it"
+    db.dispose()
 
 
 # -- the asking side (core/remote.py), with a leader played by the test ---------------------
