@@ -489,10 +489,10 @@ class SyncEngine:
             if cleared:
                 self.mirror.clear_rejects(conn, cleared)
             # hard mode removes a soft-deleted row too (marked by hand, or by an earlier soft mode)
-            hard = self.config.target.delete_mode == "hard"
-            removable = [i for i in gone if i in stored and (hard or not stored[i].deleted)]
-            if removable and self.config.target.delete_mode != "keep":
-                audit += self.mirror.remove(conn, removable, self.config.target.delete_mode, run.run_id, run.now)
+            mode = self.config.target.delete_mode
+            removable = [i for i in gone if i in stored and (mode == "hard" or not stored[i].deleted)]
+            if removable and mode != "keep":
+                audit += self.mirror.remove(conn, removable, mode, run.run_id, run.now)
                 run.counts.deleted += len(removable)
             new_rejects = {r.doc_id for r in rejected} - previously_rejected
             if run.incremental:
@@ -509,7 +509,6 @@ class SyncEngine:
                 self.state.put(conn, checkpoint)
             self.state.record_progress(conn, run.row_id, run.counts.as_dict())
             _check_lock(run)
-        mode = self.config.target.delete_mode
         if removable and mode != "keep":  # listen mode: removals arrive with the stream, logged as a force run's
             for doc_id in removable[:LOG_CHANGES_PER_BATCH]:
                 why = "no longer meets [[source.where]]; " if doc_id in left else ""
