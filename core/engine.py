@@ -102,6 +102,11 @@ class SyncEngine:
         self._source = source
         # Set by a service that holds the sync lock for this engine's listen sessions.
         self.lock: SyncLock | None = None
+        # Ends of runs the database failed to record (it failed with the run): run id ->
+        # (status, counters, duration, message), written at the next run. A leader that
+        # keeps the lock never marks its own rows interrupted, so without this a row
+        # could say "running" for as long as that leader lives.
+        self._unwritten_ends: dict[int, tuple[str, dict[str, int], int, str]] = {}
 
     @property
     def source(self) -> FirestoreSource:
@@ -218,6 +223,7 @@ class SyncEngine:
         own_lock: SyncLock | None = None
         try:
             self.db.ensure_schema()
+            self._write_unwritten_ends()
             # A dry run answers "what would change now?": it is never "not due".
             if not_due is not None and (reason := not_due()):
                 result.status, result.reason = "skipped", reason
@@ -403,7 +409,13 @@ class SyncEngine:
         run.counts.naive_reads = sizes["rows"] + sizes["unmirrored_rejects"]
         duration_ms = int((utcnow() - run.now).total_seconds() * 1000)
         status = "failed" if blocked else "ok"
-        self.state.finish_run(run.row_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else "")
+        try:
+            self.state.finish_run(
+                run.row_id, status, run.counts.as_dict(), duration_ms, blocked.message if blocked else ""
+            )
+        except EmpsyncError as exc:  # the run is reported failed: its row must say so too
+            self._end_run(run.row_id, "failed", run.counts.as_dict(), duration_ms, exc.message)
+            raise
         if schedule:
             # A blocked run still counts as the attempt: the schedule must not start another full read at once.
             stamp: dict[StateKey, StateValue] = {StateKey.LAST_SYNC_AT: iso(run.now), StateKey.LAST_STATUS: status}
@@ -743,6 +755,7 @@ class SyncEngine:
     def open_live(self, trigger: str = "listen") -> _Run:
         """A listen session: one run row whose counters grow with each micro-batch."""
         self.db.ensure_schema()
+        self._write_unwritten_ends()
         run = _Run(
             run_id=self.state.start_run("listen", trigger),
             kind="listen",
@@ -832,20 +845,32 @@ class SyncEngine:
 
     def close_live(self, run: _Run, status: str = "ok", message: str = "", stream_reads: int = 0) -> None:
         run.counts.firestore_reads += stream_reads  # e.g. an empty snapshot after the last batch
-        try:
-            duration = int((utcnow() - (run.started or run.now)).total_seconds() * 1000)  # open_live sets started
-            self.state.finish_run(run.row_id, status, run.counts.as_dict(), duration, message)
-        except EmpsyncError:
-            pass  # the next leader marks it interrupted
+        duration = int((utcnow() - (run.started or run.now)).total_seconds() * 1000)  # open_live sets started
+        self._end_run(run.row_id, status, run.counts.as_dict(), duration, message)
 
     # -- failure bookkeeping ---------------------------------------------------
 
     def _safe_finish(self, run_id: int, status: str, counts: Counts, result: RunResult, message: str) -> None:
+        duration = int((utcnow() - (result.started_at or utcnow())).total_seconds() * 1000)
+        self._end_run(run_id, status, counts.as_dict(), duration, message)
+
+    def _end_run(self, run_id: int, status: str, counts: dict[str, int], duration_ms: int, message: str) -> bool:
+        """Record how a run ended; if the database fails (often what failed the run), keep it for the next run."""
         try:
-            duration = int((utcnow() - (result.started_at or utcnow())).total_seconds() * 1000)
-            self.state.finish_run(run_id, status, counts.as_dict(), duration, message)
-        except EmpsyncError:
-            pass  # the database is what failed; the next run marks this one interrupted
+            self.state.finish_run(run_id, status, counts, duration_ms, message)
+        except EmpsyncError as exc:
+            if run_id not in self._unwritten_ends:
+                log.warning("Could not record the end of run %d (%s); the next run records it", run_id, exc.message)
+            self._unwritten_ends[run_id] = (status, counts, duration_ms, message)
+            return False
+        self._unwritten_ends.pop(run_id, None)
+        return True
+
+    def _write_unwritten_ends(self) -> None:
+        """The ends of earlier runs the database could not take then (see ``_end_run``)."""
+        for run_id, end in list(self._unwritten_ends.items()):  # the listen thread may add one meanwhile
+            if self._end_run(run_id, *end):
+                log.info("Recorded the end of run %d (%s), which the database could not take then", run_id, end[0])
 
     def _record_failure(self, result: RunResult) -> None:
         log.error("Employee %s failed: %s", "rollback" if result.kind == "rollback" else "sync", result.reason)

@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
 
 from core import config as cfg
+from core.dialects import make_lock
 from core.emulator import Emulator, free_port
 from core.engine import SyncEngine
 from core.errors import EmpsyncError
@@ -108,6 +109,74 @@ def test_mariadb_wrong_password_is_exit_1_and_never_printed(make_config, mariadb
 
 
 # -- Firestore -----------------------------------------------------------------------------
+
+
+class ConnectionKiller:
+    """Kill the very connection about to run a statement on the runs table, ``times`` times.
+
+    The statement then fails as it does when MariaDB restarts or a connection
+    is cut mid-run: "Lost connection to MySQL server during query".
+    """
+
+    def __init__(self, engine: SyncEngine, root, needle: str) -> None:
+        self.root, self.needle, self.armed, self.killed = root, needle, 0, 0
+        event.listen(engine.db.engine, "before_cursor_execute", self._hook)
+        self.engine = engine
+
+    def _hook(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if self.armed and statement.lstrip().startswith("UPDATE empsync_runs") and self.needle in statement:
+            self.armed -= 1
+            self.killed += 1
+            with self.root.cursor() as c:
+                c.execute(f"KILL CONNECTION {int(cursor.connection.thread_id())}")
+
+    def remove(self) -> None:
+        event.remove(self.engine.db.engine, "before_cursor_execute", self._hook)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(("", 2), id="the-batch-and-its-end"),
+        pytest.param(("finished_at", 2), id="the-end-of-a-complete-run"),
+    ],
+)
+def test_a_run_whose_end_could_not_be_written_is_recorded_by_the_next_run(
+    make_config, mariadb, mysql_url, firestore_client, cut
+):
+    """A leader keeps the lock, so nothing else closes its rows: the row must not stay 'running'."""
+    needle, kills = cut
+    write_docs(firestore_client, {f"e{i:03d}": settled(i) for i in range(20)})
+    engine = SyncEngine(make_config(mysql_url, target={"batch_size": 5}))
+    engine.db.ensure_schema()
+    lock = make_lock(engine.db.engine, engine.config.target.table)
+    assert lock.acquire()
+    root = mariadb.root()
+    killer = ConnectionKiller(engine, root, needle)
+    try:
+        killer.armed = kills
+        first = engine.run(force=True, trigger="schedule", lock=lock)
+        assert killer.killed == kills
+        assert first.status == "failed" and "Lost connection" in first.reason, first.reason
+        with engine.db.connect() as conn:
+            assert engine.state.last_run(conn)["status"] == "running", "the fault left the row unwritten"
+
+        second = engine.run(force=True, trigger="schedule", lock=lock)
+        assert second.status == "ok", second.reason
+        t = engine.db.tables.runs
+        with engine.db.connect() as conn:
+            rows = {r.id: r for r in conn.execute(select(t).order_by(t.c.id))}
+    finally:
+        killer.remove()
+        root.close()
+        lock.release()
+        engine.close()
+    ended = rows[first.run_id]
+    assert (ended.status, ended.finished_at is not None) == ("failed", True)
+    assert "Lost connection" in ended.message
+    assert ended.inserted == first.counts.inserted  # the counters of what the run did commit
+    assert rows[second.run_id].status == "ok"
+    assert [r.status for r in rows.values()] == ["failed", "ok"]
 
 
 def test_firestore_unreachable_is_exit_1_with_one_clear_line(make_config, target_url, tmp_path):
