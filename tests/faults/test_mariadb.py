@@ -62,7 +62,10 @@ def wait_finished_force(db: Db, proc, after_id: int, timeout: float = 240):
         run = db.last_run(proc.pid, "force")
         return run is not None and run.id > after_id and run.status == "ok" and run
 
-    return wait_for(done, timeout, "a completed force run after the last fault", 0.2)
+    try:
+        return wait_for(done, timeout, "a completed force run after the last fault", 0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{proc.text()[-3000:]}") from None
 
 
 def next_force_run(db: Db, proc, port: int, at_least: float, after_id: int, timeout: float = 240):
