@@ -108,20 +108,16 @@ def test_mariadb_wrong_password_is_exit_1_and_never_printed(make_config, mariadb
     assert_no_secret(proc, WRONG_PASSWORD)
 
 
-# -- Firestore -----------------------------------------------------------------------------
-
-
 class ConnectionKiller:
-    """Kill the very connection about to run a statement on the runs table, ``times`` times.
+    """Kill the very connection about to run a statement on the runs table (one holding ``needle``), ``times`` times.
 
     The statement then fails as it does when MariaDB restarts or a connection
     is cut mid-run: "Lost connection to MySQL server during query".
     """
 
-    def __init__(self, engine: SyncEngine, root, needle: str) -> None:
-        self.root, self.needle, self.armed, self.killed = root, needle, 0, 0
+    def __init__(self, engine: SyncEngine, root, needle: str, times: int) -> None:
+        self.engine, self.root, self.needle, self.armed, self.killed = engine, root, needle, times, 0
         event.listen(engine.db.engine, "before_cursor_execute", self._hook)
-        self.engine = engine
 
     def _hook(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if self.armed and statement.lstrip().startswith("UPDATE empsync_runs") and self.needle in statement:
@@ -135,26 +131,22 @@ class ConnectionKiller:
 
 
 @pytest.mark.parametrize(
-    "cut",
-    [
-        pytest.param(("", 2), id="the-batch-and-its-end"),
-        pytest.param(("finished_at", 2), id="the-end-of-a-complete-run"),
-    ],
+    "needle",
+    [pytest.param("", id="the-batch-and-its-end"), pytest.param("finished_at", id="the-end-of-a-complete-run")],
 )
 def test_a_run_whose_end_could_not_be_written_is_recorded_by_the_next_run(
-    make_config, mariadb, mysql_url, firestore_client, cut
+    make_config, mariadb, mysql_url, firestore_client, needle
 ):
     """A leader keeps the lock, so nothing else closes its rows: the row must not stay 'running'."""
-    needle, kills = cut
+    kills = 2  # the write and, for a complete run, its retry at once
     write_docs(firestore_client, {f"e{i:03d}": settled(i) for i in range(20)})
     engine = SyncEngine(make_config(mysql_url, target={"batch_size": 5}))
     engine.db.ensure_schema()
     lock = make_lock(engine.db.engine, engine.config.target.table)
     assert lock.acquire()
     root = mariadb.root()
-    killer = ConnectionKiller(engine, root, needle)
+    killer = ConnectionKiller(engine, root, needle, kills)
     try:
-        killer.armed = kills
         first = engine.run(force=True, trigger="schedule", lock=lock)
         assert killer.killed == kills
         assert first.status == "failed" and "Lost connection" in first.reason, first.reason
@@ -177,6 +169,9 @@ def test_a_run_whose_end_could_not_be_written_is_recorded_by_the_next_run(
     assert ended.inserted == first.counts.inserted  # the counters of what the run did commit
     assert rows[second.run_id].status == "ok"
     assert [r.status for r in rows.values()] == ["failed", "ok"]
+
+
+# -- Firestore -----------------------------------------------------------------------------
 
 
 def test_firestore_unreachable_is_exit_1_with_one_clear_line(make_config, target_url, tmp_path):
