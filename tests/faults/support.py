@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
+import pymysql
 from sqlalchemy import create_engine, text
 
 from core import config as cfg
@@ -383,6 +384,13 @@ class MidBatch:
             self.hold.rollback()
         finally:
             self.hold.close()
+
+    def abandon(self) -> None:
+        """End the hold whatever became of the server (stopped, it took the hold with it)."""
+        try:
+            self.release()
+        except pymysql.MySQLError:
+            pass
 
 
 def kill_connections(root, ids: list[int]) -> int:

@@ -2,8 +2,8 @@
 
 tests/test_service.py takes a database away for 20 s between runs, in
 process. Here a real ``empsync --no-ui`` is in the middle of a force run when
-its own MariaDB is stopped — by SIGKILL (crash recovery on restart) and by
-SIGTERM, alternately — or when ``KILL CONNECTION`` ends its connections: the
+its own MariaDB is stopped with a batch waiting to commit — by SIGKILL (crash
+recovery on restart) and by SIGTERM, alternately — or when ``KILL CONNECTION`` ends its connections: the
 one of a batch held just before its commit, or every one it has, the sync
 lock's included, while a second service stands by to take the lock over.
 Each time the service must fail the batch cleanly, stay up, lead again and
@@ -90,7 +90,8 @@ def next_force_run(db: Db, proc, port: int, at_least: float, after_id: int, time
 def test_mariadb_stopped_and_restarted_mid_run(emulator, project, own_mariadb, make_config, tmp_path, processes):
     rng = seeded("mariadb-restart")
     server, total = own_mariadb, SIZES.outage_docs
-    url = server.url(server.create_database("faults"))
+    database = server.create_database("faults")
+    url = server.url(database)
     seed_docs(emulator.host, project, {doc_id(i): settled(i) for i in range(total)})
     port = free_port()
     config = make_config(
@@ -107,8 +108,14 @@ def test_mariadb_stopped_and_restarted_mid_run(emulator, project, own_mariadb, m
             # (A run hit by an outage may show "running" until the service leads again and closes it.)
             after = hit[-1][2] if hit else 0
             run = next_force_run(db, proc, port, rng.uniform(0, total - 3 * BATCH), after)
-            time.sleep(rng.uniform(0.0, 0.1))
-            server.stop(kill=k % 2 == 0)
+            # Stopped while a batch waits to commit: unheld, a run near its end could finish
+            # between being seen and the stop (SIGTERM lets a commit in flight through).
+            held = MidBatch(server, database, run.id)
+            try:
+                held.wait_blocked()
+                server.stop(kill=k % 2 == 0)
+            finally:
+                held.abandon()
             down = rng.uniform(0.5, 2.0)
             time.sleep(down)
             server.start()
