@@ -40,9 +40,11 @@ format: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration" -n 2
 
-# One process: the integration tests share one emulator, MariaDB and PostgreSQL.
+# The unit tier on both cores, then the integration tests in one process: they share one
+# emulator, MariaDB and PostgreSQL.
 test: $(STAMP) servers lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not integration" -n 2
+	$(BIN)/python -m pytest -q -m integration
 
 bench: $(STAMP) servers
 	$(BIN)/python -m bench
