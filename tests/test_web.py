@@ -9,6 +9,7 @@ presses f, sees the run's toast, and saves a screenshot.
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -151,6 +152,19 @@ def chromium(tmp_path):
     browser.close()
 
 
+def consoles_of(config_path: Path) -> list[int]:
+    """The pids of the tab consoles (``--attach``) running on this config."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--attach" in argv and str(config_path).encode() in argv and entry.name.isdigit():
+            pids.append(int(entry.name))
+    return pids
+
+
 def test_the_console_in_a_browser_runs_a_force_sync(make_config, sqlite_url, firestore_client, tmp_path, chromium):
     write_docs(firestore_client, {f"e{i}": employee(i) for i in range(6)})
     config = make_config(sqlite_url, sync={"interval": 3600, "force_interval": 3600}, api={"token": TOKEN})
@@ -167,6 +181,10 @@ def test_the_console_in_a_browser_runs_a_force_sync(make_config, sqlite_url, fir
             page.press("f")
             page.wait_text("Force sync done", timeout=90)
             shot = page.screenshot(tmp_path / "web-console.png")
+            # Stopped while the tab is open, the server ends the tab's console too.
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(20) == 0, server.text()[-3000:]
+            wait_for(lambda: not consoles_of(path), 10, "the tab's console to end with the server")
         finally:
             page.close()
     print(f"\nscreenshot of the console in a browser: {shot}")

@@ -18,6 +18,7 @@ textual-serve has no access control, so a guard runs in front of it:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -42,6 +43,7 @@ log = logging.getLogger("empsync.web")
 
 DEFAULT_PORT = 8766
 MAX_TABS = 8
+TAB_STOP_S = 5.0  # at shutdown, for the open tabs' consoles to quit
 COOKIE = "empsync_console"
 
 
@@ -77,6 +79,7 @@ class ConsoleServer(Server):
         self.fixed_public_url = public_url
         self.token = token
         self.tabs = 0
+        self._tab_tasks: set[asyncio.Task[Any]] = set()
         self._cookie = hmac.new(token.encode(), b"empsync web console", hashlib.sha256).hexdigest() if token else ""
         self._names = {"localhost", host.lower().strip("[]")}
         self._public_origin = ""  # behind a reverse proxy, the origin browsers see
@@ -99,6 +102,15 @@ class ConsoleServer(Server):
             "/?token=…" if self.token else "",
         )
 
+    async def on_shutdown(self, app: web.Application) -> None:
+        # aiohttp leaves open WebSockets be at shutdown, and each tab's console process would
+        # outlive the server: ended, a tab's handler stops its console (it sends it "quit").
+        tasks = list(self._tab_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=TAB_STOP_S)
+
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
 
@@ -112,10 +124,14 @@ class ConsoleServer(Server):
             if self.tabs >= MAX_TABS:
                 return _page(503, f"At most {MAX_TABS} console tabs at once: close one and reload.")
             self.tabs += 1
+            task = asyncio.current_task()
+            if task is not None:
+                self._tab_tasks.add(task)
             try:
                 return await handler(request)
             finally:
                 self.tabs -= 1
+                self._tab_tasks.discard(task)  # type: ignore[arg-type,unused-ignore]
 
         app.middlewares.append(guard)
         return app
