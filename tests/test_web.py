@@ -156,11 +156,13 @@ def consoles_of(config_path: Path) -> list[int]:
     """The pids of the tab consoles (``--attach``) running on this config."""
     pids = []
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
-            continue
-        if b"--attach" in argv and str(config_path).encode() in argv and entry.name.isdigit():
+            continue  # it ended in the meantime
+        if b"--attach" in argv and str(config_path).encode() in argv:
             pids.append(int(entry.name))
     return pids
 

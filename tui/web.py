@@ -78,8 +78,7 @@ class ConsoleServer(Server):
         super().__init__(command, host=host, port=port, title=title or "empsync", public_url=public_url)
         self.fixed_public_url = public_url
         self.token = token
-        self.tabs = 0
-        self._tab_tasks: set[asyncio.Task[Any]] = set()
+        self._tabs: set[asyncio.Task[Any]] = set()  # each open tab's WebSocket handler
         self._cookie = hmac.new(token.encode(), b"empsync web console", hashlib.sha256).hexdigest() if token else ""
         self._names = {"localhost", host.lower().strip("[]")}
         self._public_origin = ""  # behind a reverse proxy, the origin browsers see
@@ -105,7 +104,7 @@ class ConsoleServer(Server):
     async def on_shutdown(self, app: web.Application) -> None:
         # aiohttp leaves open WebSockets be at shutdown, and each tab's console process would
         # outlive the server: ended, a tab's handler stops its console (it sends it "quit").
-        tasks = list(self._tab_tasks)
+        tasks = list(self._tabs)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -121,17 +120,15 @@ class ConsoleServer(Server):
                 return refused
             if request.path != "/ws":
                 return await handler(request)
-            if self.tabs >= MAX_TABS:
+            if len(self._tabs) >= MAX_TABS:
                 return _page(503, f"At most {MAX_TABS} console tabs at once: close one and reload.")
-            self.tabs += 1
             task = asyncio.current_task()
-            if task is not None:
-                self._tab_tasks.add(task)
+            assert task is not None  # aiohttp runs each request in a task of its own
+            self._tabs.add(task)
             try:
                 return await handler(request)
             finally:
-                self.tabs -= 1
-                self._tab_tasks.discard(task)  # type: ignore[arg-type,unused-ignore]
+                self._tabs.discard(task)
 
         app.middlewares.append(guard)
         return app

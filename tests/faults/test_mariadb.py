@@ -3,9 +3,9 @@
 tests/test_service.py takes a database away for 20 s between runs, in
 process. Here a real ``empsync --no-ui`` is in the middle of a force run when
 its own MariaDB is stopped with a batch waiting to commit — by SIGKILL (crash
-recovery on restart) and by SIGTERM, alternately — or when ``KILL CONNECTION`` ends its connections: the
-one of a batch held just before its commit, or every one it has, the sync
-lock's included, while a second service stands by to take the lock over.
+recovery on restart) and by SIGTERM, alternately — or when ``KILL CONNECTION``
+ends its connections: the one of a batch held just before its commit, or every
+one it has, the sync lock's included, while a second service stands by to take the lock over.
 Each time the service must fail the batch cleanly, stay up, lead again and
 finish; and never may two services sync at the same time.
 """
