@@ -36,6 +36,7 @@ from .source import FirestoreSource, SourceDoc
 from .state import State, StateKey, StateValue
 from .store import MirrorStore, Planned, Rejected
 from .times import iso, iso_precise, naive_utc, parse_iso, utcnow
+from .turns import Turns
 from .watermark import CorruptState, Watermark, margin, scope_of, stored_lag
 
 log = logging.getLogger("empsync.sync")
@@ -93,9 +94,12 @@ class SyncEngine:
         db: Database | None = None,
         source: FirestoreSource | None = None,
         bus: EventBus | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self.config = config
         self.db = db or Database(config)
+        # Between documents the run gives way to a console drawing a key's effect (core/turns.py).
+        self.turns = turns or Turns()
         self.state = State(self.db)
         self.mirror = MirrorStore(self.db)
         self.bus = bus or EventBus()
@@ -111,7 +115,7 @@ class SyncEngine:
     @property
     def source(self) -> FirestoreSource:
         if self._source is None:  # built on first use: `empsync status` needs no client
-            self._source = FirestoreSource(self.config)
+            self._source = FirestoreSource(self.config, turns=self.turns)
         return self._source
 
     def close(self) -> None:
@@ -446,7 +450,9 @@ class SyncEngine:
         rejected: list[Rejected] = []
         gone: list[str] = []
         left: set[str] = set()  # documents that exist but do not meet [[source.where]]: gone for the mirror
+        give = self.turns.give
         for doc in docs:
+            give()
             if not doc.exists:
                 gone.append(doc.id)
                 continue
@@ -480,6 +486,7 @@ class SyncEngine:
             previously_rejected = self.mirror.rejected_among(conn, [doc.id for doc in docs])
             plans = []
             for doc, row, digest in valid:
+                give()
                 have = stored.get(doc.id)
                 decision = self._decide(run, have, doc, row, digest, previously_rejected)
                 found_deleted_at = have.deleted_at if have is not None else None

@@ -40,6 +40,7 @@ from .state import StateKey, StateValue, whoami
 from .status import build_stats, build_status
 from .times import iso, parse_iso, utcnow
 from .timetable import JobKind, Timetable
+from .turns import Turns
 
 log = logging.getLogger("empsync.service")
 
@@ -121,11 +122,12 @@ class SyncService:
         bus: EventBus | None = None,
         attach: bool = False,
         timings: Timings = Timings(),
+        turns: Turns | None = None,
     ) -> None:
         self.config = config
         self.timings = timings
         self.bus = bus or EventBus()
-        self.engine = engine or SyncEngine(config, bus=self.bus)
+        self.engine = engine or SyncEngine(config, bus=self.bus, turns=turns)
         self.engine.bus = self.bus
         self.identity = whoami()
         self.attach = attach

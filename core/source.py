@@ -22,6 +22,7 @@ from .conditions import INEQUALITY_OPS
 from .config import Config
 from .errors import SourceError
 from .firestore_compat import stream_documents
+from .turns import Turns
 from .watermark import Watermark
 
 if TYPE_CHECKING:
@@ -114,13 +115,16 @@ def make_client(config: Config) -> Client:
 
 
 class FirestoreSource:
-    def __init__(self, config: Config, client: Client | None = None, meter: ReadMeter | None = None) -> None:
+    def __init__(
+        self, config: Config, client: Client | None = None, meter: ReadMeter | None = None, turns: Turns | None = None
+    ) -> None:
         from google.api_core.retry import Retry
         from google.cloud.firestore_v1.field_path import FieldPath
 
         self.config = config
         self.client = client or make_client(config)
         self.meter = meter or ReadMeter()
+        self.turns = turns or Turns()
         self.where = source_label(config)
         s = config.source
         self.collection = self.client.collection(*s.collection.split("/"))
@@ -199,8 +203,10 @@ class FirestoreSource:
         page: list[SourceDoc] = []
         total = 0
         size = self.config.source.page_size
+        give = self.turns.give
         with self.translate():
             for doc_id, data, update_time, read_time in stream_documents(query, self.retry, self.is_transient):
+                give()
                 page.append(SourceDoc(doc_id, data, update_time, read_time))
                 if len(page) >= size:
                     total += len(page)

@@ -39,6 +39,7 @@ from core.events import BatchApplied, RequestUpdate, RunReport, StatusChanged, S
 from core.face import SyncFace
 from core.safe import terminal_safe
 from core.times import utcnow
+from core.turns import Turns
 
 from . import heap
 from . import messages as msg
@@ -68,6 +69,9 @@ HELP_SCREEN = "help"  # the one HelpScreen, installed on first use
 ROUTINE = ("starting", "syncing", "idle")  # idle after these is not news in the Log
 REMOTE_S = 1.0  # how often the leader's changes and log lines are read while another process leads
 REMOTE_LOG_LINES = 500  # the leader's lines read at most per look (the first: its newest, for context)
+# What a person does: each claims the sync's threads' turn until its frame is drawn (core/turns.py).
+# Not mouse moves: they come by the dozen and ask for nothing urgent.
+INPUT = (events.Key, events.Paste, events.MouseDown, events.MouseUp, events.MouseScrollDown, events.MouseScrollUp)
 
 
 class EmpsyncApp(App[int]):
@@ -75,7 +79,9 @@ class EmpsyncApp(App[int]):
 
     ``start_service=False`` leaves the service alone (it is already running, or
     a fixed stand-in for rendering tests); ``clock`` gives naive-UTC "now" for
-    relative times and countdowns.
+    relative times and countdowns; ``turns``, those the service's sync gives
+    way to: the console claims one for each key, so that a run in progress
+    does not hold its frame back.
     """
 
     CSS_PATH = "app.tcss"
@@ -96,9 +102,12 @@ class EmpsyncApp(App[int]):
         clock: Callable[[], datetime] = utcnow,
         log_handler: ConsoleLogHandler | None = None,
         api: Any = None,
+        turns: Turns | None = None,
     ) -> None:
         super().__init__()
         self.service = service
+        self.turns = turns
+        self._turn_ends_with_a_frame = False
         self.config = config
         self.start_service = start_service
         self.clock = clock
@@ -182,6 +191,26 @@ class EmpsyncApp(App[int]):
                 signal.signal(signal.SIGHUP, self._old_sighup)
         except (RuntimeError, ValueError):
             pass
+
+    def post_message(self, message: Any) -> bool:
+        # The terminal driver's thread posts what the person does: the sync gives way from now on.
+        if self.turns is not None and isinstance(message, INPUT) and not message.is_forwarded:
+            self.turns.claim()  # (a forwarded key is one that comes back, unused, from the focused widget)
+        return super().post_message(message)
+
+    async def on_event(self, event: events.Event) -> None:
+        fresh = isinstance(event, INPUT) and not event.is_forwarded  # handling marks it forwarded
+        await super().on_event(event)
+        if fresh and self.turns is not None:
+            # Its bindings have run (a screen pushed or popped): the turn ends with the next frame.
+            self._turn_ends_with_a_frame = True
+
+    def _display(self, screen: Any, renderable: Any) -> None:
+        # Textual's one way to the terminal for a frame (tests/test_console_turns.py checks it is still there).
+        super()._display(screen, renderable)
+        if self._turn_ends_with_a_frame and renderable is not None and self.turns is not None:
+            self._turn_ends_with_a_frame = False
+            self.turns.release()
 
     def on_key(self, event: events.Key) -> None:
         """A key typed right after i or / was sent to the main screen before the dialog opened."""
@@ -748,11 +777,12 @@ def run_console(config: Any, attach: bool = False) -> int:
     handler = ConsoleLogHandler()
     root.addHandler(handler)
     api = None
-    service = SyncService(config, attach=attach)
+    turns = Turns()
+    service = SyncService(config, attach=attach, turns=turns)
     try:
         if config.api.enabled and not attach:
             api = _serve_api(service, config)
-        app = EmpsyncApp(service, config, log_handler=handler, api=api)
+        app = EmpsyncApp(service, config, log_handler=handler, api=api, turns=turns)
         app.run()
         return app.return_code or 0
     finally:
