@@ -26,11 +26,14 @@ schedstat); what is left is mostly the wait for the GIL. Beside each run,
 the garbage collector's full collections in it, which stop every thread.
 
 Each round runs one session per variant, the order reversed every other
-round: the console as it ships (``FIX``), the console with nothing done
-(``as_is``), and the other candidate remedies, measured so that the choice
-stays checked: the quiet heap with CPython's rate of young collections (the
-remedy as it first shipped), a shorter GIL switch interval, and the worker
-sleeping briefly between documents every so often. For each, the force run's wall
+round: the console as it ships (``FIX``: the quiet heap, and the sync giving
+way while a key's frame is drawn, core/turns.py), the console with nothing
+done (``as_is``), and the other candidate remedies, measured so that the
+choice stays checked: the quiet heap alone (the remedy before turns), the
+quiet heap with CPython's rate of young collections (the remedy as it first
+shipped), a shorter GIL switch interval, and the worker sleeping briefly
+between documents every so often. Keys are sent as a terminal driver's input
+thread sends them (``Driver.process_message``). For each, the force run's wall
 time and CPU seconds (this process, every thread, from SyncStarted to
 SyncFinished); a variant's cost is the median of the rounds' ratios of its
 wall time to ``as_is``'s. The idle baseline is the same keys while no run
@@ -63,6 +66,7 @@ from core.config import Config
 from core.engine import SyncEngine
 from core.events import Event, SyncFailed, SyncFinished, SyncStarted
 from core.service import SyncService
+from core.turns import Turns
 from tui import heap
 from tui.app import EmpsyncApp
 from tui.screens.help import HelpScreen
@@ -156,6 +160,8 @@ def press_keys(
     keys = Keys()
     loop_clock = time.pthread_getcpuclockid(loop_thread)
     loop_native_id = app.loop_native_id
+    driver = app._driver
+    assert driver is not None, "the console is running"
     opening = True
     while (len(keys.latency_ms) < count and not until.is_set()) or not opening:
         due = time.perf_counter() + rng.uniform(*KEY_GAP_S)
@@ -164,7 +170,7 @@ def press_keys(
         key = events.Key("question_mark", "?") if opening else events.Key("escape", "\x1b")
         shown = app.expect((lambda s: isinstance(s, HelpScreen)) if opening else (lambda s: s is main))
         loop_cpu, loop_queued = time.clock_gettime(loop_clock), run_queue_s(loop_native_id)
-        app.post_message(key)
+        driver.process_message(key)  # what a terminal driver's input thread does with a key it read
         if not shown.wait(FRAME_TIMEOUT_S):
             raise RuntimeError(f"console: {key.key!r} had no effect on the screen within {FRAME_TIMEOUT_S:.0f} s")
         if counted:
@@ -227,6 +233,7 @@ class Session:
     run_s: float
     run_cpu_s: float
     full_collections: dict[str, Any]
+    turns_given_s: float  # the sync's threads waiting for the console, in all (both threads' waits added)
 
 
 async def _until(condition: Callable[[], Any], what: str, timeout: float) -> None:
@@ -246,10 +253,12 @@ class Variant:
     young_every: int | None = None  # with quiet_heap: heap.YOUNG_EVERY; None: as the console ships
     switch_s: float | None = None  # sys.setswitchinterval while the console runs; None: the default
     pace: tuple[float, float] | None = None  # the worker sleeps (_, this many s) every (this many s, _) of work
+    turns: bool = False  # the sync gives way while a key's frame is drawn (core/turns.py)
 
 
 VARIANTS = (
     Variant("as_is"),
+    Variant("turns", quiet_heap=True, turns=True),
     Variant("quiet_heap", quiet_heap=True),
     Variant("old_quiet_heap", quiet_heap=True, young_every=700),  # the youngest generation as often as CPython's
     Variant("switch_1ms", switch_s=0.001),
@@ -306,10 +315,11 @@ async def _keys_during_a_force_run(
 
 async def _session(config: Config, variant: Variant, seed: int) -> Session:
     """One console, run the variant's way."""
-    service = SyncService(config)
+    turns = Turns() if variant.turns else None
+    service = SyncService(config, turns=turns)
     clock = RunClock()
     service.subscribe(clock.on_event)
-    app = TimedConsole(service, config, quiet_heap=variant.quiet_heap)
+    app = TimedConsole(service, config, quiet_heap=variant.quiet_heap, turns=turns)
     default_switch = sys.getswitchinterval()
     if variant.switch_s is not None:
         sys.setswitchinterval(variant.switch_s)
@@ -331,7 +341,8 @@ async def _session(config: Config, variant: Variant, seed: int) -> Session:
     if len(busy.latency_ms) < 2:
         raise RuntimeError(f"console: the force run was over after {len(busy.latency_ms)} key(s); use more documents")
     (start, start_cpu), (end, end_cpu) = clock.start, clock.end
-    return Session(idle, busy, end - start, end_cpu - start_cpu, collections.within(start, end))
+    given = turns.given_s if turns is not None else 0.0
+    return Session(idle, busy, end - start, end_cpu - start_cpu, collections.within(start, end), given)
 
 
 def _filled(servers: Servers, project: str, sizes: Sizes) -> Config:
@@ -359,7 +370,7 @@ def _pooled(collections: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-FIX = "quiet_heap"  # the variant the console ships with
+FIX = "turns"  # the variant the console ships with
 BASELINE = "as_is"
 
 
@@ -387,6 +398,7 @@ def run(servers: Servers, sizes: Sizes) -> tuple[dict[str, Any], list[Goal]]:
         for variant in order:
             got = asyncio.run(_session(_filled(servers, project, sizes), variant, seed=i))
             figures[f"{variant.name}_full_collections"] = got.full_collections
+            figures[f"{variant.name}_turns_given_s"] = got.turns_given_s
             busy[variant.name].extend(got.busy)
             idle[variant.name].extend(got.idle)
             figures[f"{variant.name}_run_s"], figures[f"{variant.name}_run_cpu_s"] = got.run_s, got.run_cpu_s
